@@ -1,0 +1,293 @@
+"""The ``riposte`` command line.
+
+    riposte run [-c FILE]            consume from the configured sources until SIGTERM/SIGINT
+    riposte demo [--enforce]         the whole pipeline on a local AWS stand-in and sample events
+    riposte check-config FILE        validate a config and print it with secrets masked
+    riposte replay INPUT... [--compare OTHER.toml]   backtest archived events, change nothing
+    riposte actions list|pause|resume
+    riposte approve PLAN_ID | reject PLAN_ID
+    riposte rollback ACTION_ID | --incident ID
+    riposte init-state [-c FILE]     create the state store (DynamoDB table + TTL, or SQLite)
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline import __version__
+from pipeline.config import RiposteConfig, load_config, masked_dump
+from pipeline.errors import ConfigError
+
+log = logging.getLogger("riposte")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _add_config_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", required=required,
+                   help="TOML configuration file (RIPOSTE__SECTION__KEY variables override it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="riposte",
+        description="Security-response pipeline for AWS: consumes GuardDuty, Inspector, "
+                    "CloudTrail and Security Hub events from SQS and Kinesis, correlates and "
+                    "scores them, contains threats (dry-run by default) and fans out to your "
+                    "tools.")
+    parser.add_argument("--version", action="version", version=f"riposte {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="consume from the configured sources until SIGTERM/SIGINT")
+    _add_config_arg(run)
+
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline on a local AWS stand-in with bundled sample events")
+    demo.add_argument("--enforce", action="store_true",
+                      help="apply containment to the local stand-in, verify, then roll back")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--verbose", action="store_true", help="show the pipeline's own logs")
+
+    check = sub.add_parser("check-config",
+                           help="validate a config file and print it with secrets masked")
+    check.add_argument("config", metavar="FILE")
+
+    replay = sub.add_parser(
+        "replay", help="run archived events through detection and simulated response, "
+                       "on event time, and write a report (never changes anything)")
+    replay.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="files, directories (JSON, JSON lines, .gz, CloudTrail log files, "
+                             "SQS dumps) or s3://bucket/prefix")
+    _add_config_arg(replay)
+    replay.add_argument("--from", dest="since", metavar="TIME",
+                        help="only events at or after this ISO 8601 time")
+    replay.add_argument("--to", dest="until", metavar="TIME",
+                        help="only events at or before this ISO 8601 time")
+    replay.add_argument("--account", action="append", default=[], help="only this account")
+    replay.add_argument("--region", action="append", default=[], help="only this region")
+    replay.add_argument("--kind", action="append", default=[],
+                        choices=["guardduty", "inspector2", "cloudtrail", "securityhub",
+                                 "unknown"], help="only this event kind")
+    replay.add_argument("--out", metavar="DIR", default="replay-report",
+                        help="where report.json, report.md and report.html go "
+                             "(default: replay-report)")
+    replay.add_argument("--compare", metavar="OTHER.toml",
+                        help="also run this config on the same input and report differences")
+    replay.add_argument("--sinks", action="store_true",
+                        help="send to the configured sinks too (off by default)")
+    replay.add_argument("--reorder-window", type=float, default=300.0, metavar="SECONDS",
+                        help="how far out of event-time order the input may be (default 300)")
+    replay.add_argument("--state", metavar="FILE",
+                        help="SQLite state file (default: a fresh temporary one)")
+
+    actions = sub.add_parser("actions", help="containment actions: list, pause, resume")
+    actions.add_argument("verb", choices=["list", "pause", "resume"])
+    _add_config_arg(actions)
+    actions.add_argument("--status", help="only list actions with this status")
+
+    for verb, what in (("approve", "apply a stored plan"), ("reject", "reject a stored plan")):
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("plan_id", metavar="PLAN_ID")
+        _add_config_arg(p)
+
+    rollback = sub.add_parser("rollback", help="restore the before-state of applied actions")
+    rollback.add_argument("action_id", metavar="ACTION_ID", nargs="?")
+    rollback.add_argument("--incident", metavar="ID", help="roll back every action of an incident")
+    _add_config_arg(rollback)
+
+    init = sub.add_parser("init-state",
+                          help="create the configured state store (DynamoDB table with TTL "
+                               "enabled, or the SQLite file)")
+    _add_config_arg(init)
+    return parser
+
+
+def _load(path: str | None) -> RiposteConfig:
+    return load_config(path)
+
+
+async def run_service(config: RiposteConfig) -> int:
+    from pipeline.assemble import build_pipeline, open_context
+    from pipeline.ops_server import OpsServer
+    from pipeline.secrets import resolve_secrets
+    from pipeline.worker import Runner
+
+    if not config.sources:
+        raise ConfigError("no sources configured: add a [[sources]] table (type sqs or kinesis)")
+    ctx = await open_context(config)
+    config = await resolve_secrets(config, ctx.aws)
+    ctx.config = config
+    pipeline = await build_pipeline(config, ctx)
+    runner = Runner(pipeline.sources, pipeline.chain, concurrency=config.service.concurrency,
+                    shutdown_deadline=config.service.shutdown_deadline,
+                    on_close=[pipeline.aclose])
+    ops: OpsServer | None = None
+    if config.metrics.enabled:
+        ops = OpsServer(config.metrics.host, config.metrics.port, lambda: runner.ready)
+        await ops.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop)
+    log.info("riposte running", extra={
+        "sources": [s.name for s in pipeline.sources],
+        "sinks": [s.name for s in config.sinks],
+        "containment_mode": config.containment.mode,
+        "metrics_port": ops.bound_port if ops else None})
+    try:
+        stats = await runner.run()
+    finally:
+        if ops is not None:
+            await ops.aclose()
+    log.info("riposte stopped", extra={"received": stats.received, **dict(stats.outcomes)})
+    return EXIT_OK
+
+
+def _check_config(path: str) -> int:
+    config = _load(path)
+    sys.stdout.write(orjson.dumps(masked_dump(config), option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
+    print(f"ok: {path} is valid", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _ops(args: argparse.Namespace) -> int:
+    from pipeline.actions import ops
+    from pipeline.assemble import open_context
+
+    config = _load(args.config)
+    ctx = await open_context(config)
+    try:
+        result: Any
+        if args.command == "actions":
+            if args.verb == "list":
+                result = await ops.list_actions(ctx, status=args.status)
+            elif args.verb == "pause":
+                result = await ops.pause(ctx)
+            else:
+                result = await ops.resume(ctx)
+        elif args.command == "approve":
+            result = await ops.approve(ctx, args.plan_id)
+        elif args.command == "reject":
+            result = await ops.reject(ctx, args.plan_id)
+        else:
+            if not args.action_id and not args.incident:
+                raise ConfigError("rollback needs an ACTION_ID or --incident ID")
+            result = await ops.rollback(ctx, action_id=args.action_id,
+                                        incident_id=args.incident)
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2, default=str).decode())
+        sys.stdout.write("\n")
+    finally:
+        await ctx.store.aclose()
+        await ctx.aws.aclose()
+    return EXIT_OK
+
+
+async def _init_state(config: RiposteConfig) -> int:
+    from pipeline.aws import AwsClients
+    from pipeline.config import DynamoDbStateConfig
+
+    state = config.state
+    if isinstance(state, DynamoDbStateConfig):
+        from pipeline.state.dynamodb import DynamoDbStore
+
+        aws = AwsClients(state.region or config.service.region)
+        try:
+            store = await DynamoDbStore.open(state.table, aws, region=state.region)
+            created = await store.create_table()
+        finally:
+            await aws.aclose()
+        print(f"dynamodb table {state.table}: {'created' if created else 'already exists'}")
+        return EXIT_OK
+    from pipeline.state.sqlite import SqliteStore
+
+    sqlite_store = await SqliteStore.open(state.path)
+    await sqlite_store.aclose()
+    print(f"sqlite state file {state.path}: ready")
+    return EXIT_OK
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"not an ISO 8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from pipeline import report
+    from pipeline.replay import ReplayOptions, run_replay
+
+    opts = ReplayOptions(
+        inputs=args.inputs, since=_parse_time(args.since), until=_parse_time(args.until),
+        accounts=frozenset(args.account), regions=frozenset(args.region),
+        kinds=frozenset(args.kind), reorder_window=args.reorder_window,
+        state_path=args.state, send_to_sinks=args.sinks, progress=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any work
+    first = report.build_report(await run_replay(_load(args.config), opts))
+    (out / "report.json").write_bytes(report.to_json(first))
+    (out / "report.md").write_text(report.to_markdown(first), encoding="utf-8")
+    (out / "report.html").write_text(report.to_html(first), encoding="utf-8")
+    inputs = first["inputs"]
+    print(f"replay: {inputs['events']} events from {inputs['files']} inputs; "
+          f"{len(first['incidents'])} incidents, {len(first['actions'])} planned actions, "
+          f"{sum(inputs['errors'].values())} unreadable; report in {out}/")
+    if args.compare:
+        if opts.state_path:
+            raise ConfigError("--compare needs fresh state for each run; drop --state")
+        second = report.build_report(await run_replay(_load(args.compare), opts))
+        diff = report.compare_reports(first, second)
+        (out / "compare.json").write_bytes(report.to_json(diff))
+        print(f"compare: {len(diff['incidents_only_in_a'])} incidents only with "
+              f"{args.config or 'defaults'}, {len(diff['incidents_only_in_b'])} only with "
+              f"{args.compare}; {len(diff['actions_only_in_a'])} / "
+              f"{len(diff['actions_only_in_b'])} actions; details in {out}/compare.json")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline import logs
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "demo":
+            from pipeline.demo import run_demo
+
+            return run_demo(enforce=args.enforce, as_json=args.json, verbose=args.verbose)
+        if args.command == "replay":
+            logs.configure("ERROR", "text")
+            return asyncio.run(_replay(args))
+        if args.command == "run":
+            config = _load(args.config)
+            logs.configure(config.logging.level, config.logging.format)
+            return asyncio.run(run_service(config))
+        logs.configure("WARNING", "text")
+        if args.command == "init-state":
+            return asyncio.run(_init_state(_load(args.config)))
+        return asyncio.run(_ops(args))
+    except ConfigError as exc:
+        print(f"riposte: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Shared state: correlation index, action ledger, baselines, checkpoints, leases."""

@@ -1,0 +1,59 @@
+"""The state-store contract: a small key-value store with TTLs and conditional writes.
+
+Everything stateful in Riposte (Kinesis checkpoints, the correlation index,
+baselines, the action and delivery ledgers, shared token buckets, leases) is
+written against this interface, so the same code runs on the embedded SQLite
+store and on DynamoDB for a fleet.
+
+Values are JSON objects. Every write bumps ``version``; ``compare_and_set`` writes
+only if the stored version is the one the caller read, which is how concurrent
+workers (tasks or processes) agree without locks. Expired entries are invisible to
+every read even before they are purged (DynamoDB's TTL deletes lazily, so the
+contract must not depend on prompt deletion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    key: str
+    value: dict[str, Any]
+    version: int
+    expires_at: float | None = None
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    async def get(self, key: str, *, consistent: bool = True) -> Stored | None:
+        """The live entry at ``key``, or None if absent or expired."""
+        ...
+
+    async def put(self, key: str, value: dict[str, Any], *, ttl: float | None = None) -> Stored:
+        """Unconditional write. ``ttl`` is seconds from the store's clock."""
+        ...
+
+    async def put_if_absent(
+        self, key: str, value: dict[str, Any], *, ttl: float | None = None
+    ) -> Stored | None:
+        """Write only if no live entry exists; the new entry, or None if one existed."""
+        ...
+
+    async def compare_and_set(
+        self, key: str, expected_version: int, value: dict[str, Any], *, ttl: float | None = None
+    ) -> Stored | None:
+        """Write only if the live entry has ``expected_version`` (0 = must be absent)."""
+        ...
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Delete (optionally only at ``expected_version``); True if something was deleted."""
+        ...
+
+    async def scan(self, prefix: str, *, limit: int | None = None) -> list[Stored]:
+        """Live entries whose key starts with ``prefix``, in key order."""
+        ...
+
+    async def aclose(self) -> None: ...

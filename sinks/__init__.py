@@ -1,0 +1,1 @@
+"""Where incidents, detections, events and actions are delivered."""

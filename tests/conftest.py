@@ -1,0 +1,66 @@
+"""Shared fixtures: one moto server per session, real clients pointed at it over HTTP.
+
+The AWS environment is pointed at the local server for the whole session before
+any test runs, so no test can reach a real AWS endpoint even by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from pipeline.localaws import LocalAws, environment_for
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_SAMPLES = ROOT.parent / "shared" / "samples" / "events"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """The endpoint URL of a moto server shared by the whole session."""
+    server = LocalAws()
+    saved = dict(os.environ)
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    os.environ.update(environment_for(server.endpoint_url))
+    try:
+        yield server.endpoint_url
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.stop()
+
+
+@pytest.fixture
+def boto(moto_server: str) -> Any:
+    """A factory for synchronous boto3 clients against the moto server (test set-up)."""
+
+    def make(service: str, region: str = "us-east-1", **kwargs: Any) -> Any:
+        return boto3.client(service, region_name=region, endpoint_url=moto_server, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+async def aws(moto_server: str) -> AsyncIterator[Any]:
+    """The project's own AwsClients (real aiobotocore) against the moto server."""
+    from pipeline.aws import AwsClients
+
+    clients = AwsClients("us-east-1")
+    try:
+        yield clients
+    finally:
+        await clients.aclose()
+
+
+def shared_samples_or_skip() -> Path:
+    if not SHARED_SAMPLES.is_dir():
+        pytest.skip(f"the shared sample set is not beside this clone ({SHARED_SAMPLES} missing)")
+    return SHARED_SAMPLES
