@@ -1,0 +1,348 @@
+"""The embedded state store: one SQLite file, safe for several tasks and processes.
+
+Why SQLite: one process (or a few on one host) needs durable correlation state,
+ledgers and checkpoints without running a database. Why it is safe to share:
+
+* every conditional write is ONE SQL statement (``INSERT ... ON CONFLICT ... WHERE``,
+  ``UPDATE ... WHERE version = ?``), so the check and the write are atomic inside
+  SQLite's own write lock, across connections and processes alike;
+* WAL mode lets readers run beside the single writer, and ``busy_timeout`` makes a
+  writer wait for the lock instead of failing at once; a lock still held after the
+  timeout becomes a ``RetriableError`` (the message is redelivered, not lost).
+
+All SQLite calls run on ONE dedicated worker thread that owns the connection, so
+the event loop never blocks on disk and the connection is never shared between
+threads. The thread answers queued calls in batches (one event-loop wake-up per
+batch), which keeps the cost of crossing threads low under concurrency.
+
+Expiry follows :mod:`pipeline.state.memory`: an expired row is invisible to every
+read at once and deleted later by :meth:`SqliteStore.purge_expired` (called
+periodically when ``purge_interval`` is given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from pipeline.clock import WALL_CLOCK, Clock
+from pipeline.errors import RetriableError
+from pipeline.state.base import Stored
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS kv ("
+    " key TEXT PRIMARY KEY NOT NULL,"
+    " value BLOB NOT NULL,"
+    " version INTEGER NOT NULL,"
+    " expires_at REAL"
+    ")",  # a rowid table: values of a few KB stay in-page (WITHOUT ROWID would overflow them)
+    "CREATE INDEX IF NOT EXISTS kv_expires_at ON kv(expires_at) WHERE expires_at IS NOT NULL",
+)
+
+# A row is live when it has no expiry or its expiry is in the future (same as
+# MemoryStore). Statements are plain literals: only values are ever bound.
+_SQL_GET = (
+    "SELECT value, version, expires_at FROM kv "
+    "WHERE key = :key AND (expires_at IS NULL OR expires_at > :now)"
+)
+_SQL_PUT = (
+    "INSERT INTO kv (key, value, version, expires_at) VALUES (:key, :value, 1, :exp) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, "
+    "expires_at = excluded.expires_at RETURNING version"
+)
+# Absent, or present but expired: the conflict branch only fires for an expired row.
+_SQL_PUT_IF_ABSENT = (
+    "INSERT INTO kv (key, value, version, expires_at) VALUES (:key, :value, 1, :exp) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, "
+    "expires_at = excluded.expires_at "
+    "WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= :now RETURNING version"
+)
+_SQL_CAS = (
+    "UPDATE kv SET value = :value, version = version + 1, expires_at = :exp "
+    "WHERE key = :key AND version = :expected "
+    "AND (expires_at IS NULL OR expires_at > :now) RETURNING version"
+)
+_SQL_DELETE = (
+    "DELETE FROM kv WHERE key = :key AND (expires_at IS NULL OR expires_at > :now)"
+)
+_SQL_DELETE_AT = (
+    "DELETE FROM kv WHERE key = :key AND version = :expected "
+    "AND (expires_at IS NULL OR expires_at > :now)"
+)
+_SQL_SCAN = (
+    "SELECT key, value, version, expires_at FROM kv WHERE key >= :lo AND key < :hi "
+    "AND (expires_at IS NULL OR expires_at > :now) ORDER BY key LIMIT :limit"
+)
+_SQL_SCAN_OPEN = (
+    "SELECT key, value, version, expires_at FROM kv WHERE key >= :lo "
+    "AND (expires_at IS NULL OR expires_at > :now) ORDER BY key LIMIT :limit"
+)
+_SQL_PURGE = "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now"
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``.
+
+    SQLite compares TEXT bytewise (UTF-8), which orders like Python's code-point
+    order, so ``key >= prefix AND key < upper`` is a primary-key range scan.
+    None means "no upper bound" (empty prefix, or only U+10FFFF characters).
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last == 0x10FFFF:
+            continue
+        nxt = last + 1
+        if 0xD800 <= nxt <= 0xDFFF:  # surrogates cannot be stored as UTF-8
+            nxt = 0xE000
+        return "".join(chars) + chr(nxt)
+    return None
+
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+def _deliver(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+class _Worker:
+    """The one thread that owns the connection.
+
+    It drains every queued call before waking the event loop once with all their
+    results, so under concurrency the cost of crossing threads (a futex wake and a
+    self-pipe write) is paid per batch, not per call.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="riposte-sqlite", daemon=True)
+        self._thread.start()
+
+    def submit(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+               fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._queue.put((loop, future, fn, args))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while True:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+            stop = False
+            for job in jobs:
+                if job is None:
+                    stop = True
+                    continue
+                loop, future, fn, args = job
+                result: tuple[asyncio.Future[Any], Any, BaseException | None]
+                try:
+                    result = (future, fn(*args), None)
+                except BaseException as exc:  # handed to the caller, never lost
+                    result = (future, None, exc)
+                by_loop.setdefault(loop, []).append(result)
+            for loop, results in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(_deliver, results)
+            if stop:
+                return
+
+
+class SqliteStore:
+    """A :class:`pipeline.state.base.StateStore` over one SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str, *, clock: Clock = WALL_CLOCK,
+                 busy_timeout: float = 5.0) -> None:
+        """Use :meth:`open`; the constructor only starts the worker thread."""
+        self.path = path
+        self.clock = clock
+        self.busy_timeout = busy_timeout
+        self._worker = _Worker()
+        self._conn: sqlite3.Connection | None = None
+        self._purge_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | Path, *, clock: Clock = WALL_CLOCK,
+                   busy_timeout: float = 5.0, purge_interval: float | None = None
+                   ) -> SqliteStore:
+        """Open (creating if needed) the store at ``path``; ``":memory:"`` for tests.
+
+        With ``purge_interval`` a background task deletes expired rows that often.
+        """
+        store = cls(str(path), clock=clock, busy_timeout=busy_timeout)
+        try:
+            await store._call(store._connect)
+        except BaseException:
+            store._closed = True
+            store._worker.stop()
+            raise
+        if purge_interval is not None:
+            store._purge_task = asyncio.create_task(store._purge_loop(purge_interval),
+                                                    name="riposte-sqlite-purge")
+        return store
+
+    # --- worker thread ----------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if self.path != ":memory:":
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("sqlite WAL mode unavailable", extra={"path": self.path,
+                                                                   "journal_mode": mode})
+        # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose
+        # the last transactions, which redelivery of unacknowledged messages covers.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        self._conn = conn
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteStore is closed")
+        return self._conn
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise RuntimeError("SqliteStore is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._worker.submit(loop, future, fn, args)
+        try:
+            return await future
+        except sqlite3.OperationalError as exc:
+            # "database is locked/busy" after busy_timeout: another writer held on too long.
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise RetriableError(f"sqlite state store busy: {exc}",
+                                     reason="state_busy", component="state") from exc
+            raise
+
+    def _row(self, key: str, value: bytes, version: int, expires: float | None) -> Stored:
+        return Stored(key, orjson.loads(value), version, expires)
+
+    def _get(self, key: str, now: float) -> Stored | None:
+        row = self._db().execute(_SQL_GET, {"key": key, "now": now}).fetchone()
+        return None if row is None else self._row(key, row[0], row[1], row[2])
+
+    def _write(self, sql: str, key: str, blob: bytes, expires: float | None,
+               params: dict[str, Any]) -> Stored | None:
+        row = self._db().execute(sql, {"key": key, "value": blob, "exp": expires,
+                                       **params}).fetchone()
+        if row is None:
+            return None
+        return Stored(key, orjson.loads(blob), int(row[0]), expires)
+
+    def _delete(self, key: str, expected: int | None, now: float) -> bool:
+        if expected is None:
+            cur = self._db().execute(_SQL_DELETE, {"key": key, "now": now})
+        else:
+            cur = self._db().execute(_SQL_DELETE_AT, {"key": key, "expected": expected,
+                                                      "now": now})
+        return cur.rowcount > 0
+
+    def _scan(self, prefix: str, limit: int | None, now: float) -> list[Stored]:
+        hi = prefix_upper_bound(prefix)
+        params: dict[str, Any] = {"lo": prefix, "now": now, "limit": -1 if limit is None else limit}
+        if hi is None:
+            rows = self._db().execute(_SQL_SCAN_OPEN, params).fetchall()
+        else:
+            rows = self._db().execute(_SQL_SCAN, {**params, "hi": hi}).fetchall()
+        return [self._row(k, v, ver, exp) for k, v, ver, exp in rows]
+
+    def _purge(self, now: float) -> int:
+        return self._db().execute(_SQL_PURGE, {"now": now}).rowcount
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- StateStore -------------------------------------------------------------------------
+    def _expiry(self, ttl: float | None) -> float | None:
+        return None if ttl is None else self.clock.now() + ttl
+
+    async def get(self, key: str, *, consistent: bool = True) -> Stored | None:
+        return await self._call(self._get, key, self.clock.now())
+
+    async def put(self, key: str, value: dict[str, Any], *, ttl: float | None = None) -> Stored:
+        stored = await self._call(self._write, _SQL_PUT, key, orjson.dumps(value),
+                                  self._expiry(ttl), {})
+        assert stored is not None  # an upsert always returns its row
+        return stored
+
+    async def put_if_absent(self, key: str, value: dict[str, Any], *,
+                            ttl: float | None = None) -> Stored | None:
+        return await self._call(self._write, _SQL_PUT_IF_ABSENT, key, orjson.dumps(value),
+                                self._expiry(ttl), {"now": self.clock.now()})
+
+    async def compare_and_set(self, key: str, expected_version: int, value: dict[str, Any], *,
+                              ttl: float | None = None) -> Stored | None:
+        if expected_version == 0:
+            return await self.put_if_absent(key, value, ttl=ttl)
+        return await self._call(self._write, _SQL_CAS, key, orjson.dumps(value),
+                                self._expiry(ttl),
+                                {"now": self.clock.now(), "expected": expected_version})
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        return await self._call(self._delete, key, expected_version, self.clock.now())
+
+    async def scan(self, prefix: str, *, limit: int | None = None) -> list[Stored]:
+        if limit is not None and limit <= 0:
+            return []
+        return await self._call(self._scan, prefix, limit, self.clock.now())
+
+    async def purge_expired(self) -> int:
+        """Delete rows whose TTL has passed (reads already ignore them); returns how many."""
+        return await self._call(self._purge, self.clock.now())
+
+    async def _purge_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                purged = await self.purge_expired()
+            except Exception:  # keep purging later; a failed purge loses nothing
+                log.warning("sqlite purge failed", exc_info=True, extra={"path": self.path})
+                continue
+            if purged:
+                log.debug("sqlite purged expired rows", extra={"rows": purged})
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge_task
+        await self._call(self._close)
+        self._closed = True
+        self._worker.stop()
