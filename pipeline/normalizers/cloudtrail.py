@@ -1,0 +1,202 @@
+"""CloudTrail records to Events, whether they came through EventBridge or a log file.
+
+An "AWS API Call via CloudTrail" event's ``detail`` and one item of a log file's
+``Records`` are the same record, so both take this one path and produce the same
+Event (only ``origin`` and ``detail_type``'s provenance differ).
+
+Resources are ordered caller first: the access key (the thing a key-abuse
+response deactivates), then the principal (user or role), then what the call
+touched (the ``resources`` array and the obvious request parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.models import NO_SEVERITY, Event, EventKind, ResourceRef
+from pipeline.normalizers.common import (
+    Envelope,
+    dedupe,
+    first_time,
+    invalid,
+    lst,
+    obj,
+    opt_bool,
+    opt_str,
+    resource_from_arn,
+    validate,
+)
+
+DETAIL_TYPES = {
+    "AwsApiCall": "AWS API Call via CloudTrail",
+    "AwsConsoleSignIn": "AWS Console Sign In via CloudTrail",
+    "AwsServiceEvent": "AWS Service Event via CloudTrail",
+    "AwsConsoleAction": "AWS Console Action via CloudTrail",
+    "AwsCloudTrailInsight": "AWS Insight via CloudTrail",
+}
+
+
+class CloudTrailRecord(BaseModel):
+    """The fields of a CloudTrail record Riposte reads; everything else is kept as extra."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    event_id: str | None = Field(None, alias="eventID", min_length=1)
+    event_name: str = Field(min_length=1, alias="eventName")
+    event_source: str = Field(min_length=1, alias="eventSource")
+    event_time: Any = Field(None, alias="eventTime")
+    event_type: Any = Field(None, alias="eventType")
+    aws_region: str | None = Field(None, alias="awsRegion")
+    recipient_account_id: str | None = Field(None, alias="recipientAccountId")
+    source_ip: Any = Field(None, alias="sourceIPAddress")
+    user_agent: Any = Field(None, alias="userAgent")
+    error_code: Any = Field(None, alias="errorCode")
+    error_message: Any = Field(None, alias="errorMessage")
+    read_only: Any = Field(None, alias="readOnly")
+    user_identity: dict[str, Any] | None = Field(None, alias="userIdentity")
+    # Kept as published (null, an object, occasionally something else).
+    request_parameters: Any = Field(None, alias="requestParameters")
+    response_elements: Any = Field(None, alias="responseElements")
+    resources: list[Any] | None = None
+
+
+def source_for(event_source: str) -> str:
+    """``iam.amazonaws.com`` -> ``aws.iam``: the EventBridge ``source`` of that record."""
+    return "aws." + event_source.split(".", 1)[0]
+
+
+def normalize(doc: Mapping[str, Any], env: Envelope, raw: Mapping[str, Any]) -> Event:
+    """One CloudTrail record as an Event (``eventID`` is the id, ``eventName`` the type).
+
+    A record from a log file has no envelope, so ``source`` and ``detail_type`` are
+    what EventBridge would have said for it: rules and allowlists see one vocabulary.
+    """
+    rec = validate(CloudTrailRecord, doc, "CloudTrail record")
+    event_id = rec.event_id or (env.id if env.shape == "eventbridge" else None)
+    if event_id is None:
+        raise invalid("CloudTrail record: eventID: Field required")
+    ident: Mapping[str, Any] = rec.user_identity or {}
+    issuer = obj(obj(ident.get("sessionContext")).get("sessionIssuer"))
+    account = (rec.recipient_account_id or env.account or opt_str(ident.get("accountId")))
+    region = rec.aws_region or env.region
+    access_key = opt_str(ident.get("accessKeyId"))
+    user_type = opt_str(ident.get("type"))
+    user_name = opt_str(ident.get("userName")) or opt_str(issuer.get("userName"))
+    principal_arn = opt_str(ident.get("arn"))
+    params = obj(rec.request_parameters)
+    attributes: dict[str, Any] = {
+        "event_name": rec.event_name,
+        "event_source": rec.event_source,
+        "event_type": opt_str(rec.event_type),
+        "source_ip": opt_str(rec.source_ip),
+        "user_agent": opt_str(rec.user_agent),
+        "access_key_id": access_key,
+        "principal_arn": principal_arn,
+        "principal_id": opt_str(ident.get("principalId")),
+        "user_type": user_type,
+        "user_name": user_name,
+        "account_id": opt_str(ident.get("accountId")),
+        "invoked_by": opt_str(ident.get("invokedBy")),
+        "session_issuer_arn": opt_str(issuer.get("arn")),
+        "mfa_authenticated": opt_bool(obj(obj(ident.get("sessionContext")).get("attributes"))
+                                      .get("mfaAuthenticated")),
+        "error_code": opt_str(rec.error_code),
+        "error_message": opt_str(rec.error_message),
+        "read_only": opt_bool(rec.read_only),
+        "request_parameters": rec.request_parameters,
+        "response_elements": rec.response_elements,
+        "recipient_account_id": rec.recipient_account_id,
+    }
+    time = first_time(rec.event_time) or env.time or env.fallback_time()
+    principal = _principal(ident, issuer, user_type, user_name, principal_arn)
+    resources: list[ResourceRef] = []
+    if access_key is not None:
+        resources.append(ResourceRef(
+            "iam.access_key", access_key, None, opt_str(ident.get("accountId")) or account,
+            details={k: v for k, v in (("user_name", user_name),
+                                       ("principal_id", attributes["principal_id"]),
+                                       ("principal_arn", principal_arn),
+                                       ("temporary", access_key.startswith("ASIA")))
+                     if v is not None},
+        ))
+    if principal is not None:
+        resources.append(principal)
+    resources.extend(_touched(rec.resources, params, account, region))
+    return Event(
+        id=event_id,
+        kind=EventKind.CLOUDTRAIL,
+        type=rec.event_name,
+        title=f"{rec.event_name} ({rec.event_source})",
+        source=env.source or source_for(rec.event_source),
+        account=account,
+        region=region,
+        time=time,
+        severity=NO_SEVERITY,
+        resources=dedupe(resources),
+        created_at=time,  # a CloudTrail record is created by the call it records
+        detail_type=env.detail_type or DETAIL_TYPES.get(opt_str(rec.event_type) or "AwsApiCall",
+                                                        DETAIL_TYPES["AwsApiCall"]),
+        attributes={k: v for k, v in attributes.items() if v is not None},
+        origin=env.origin(),
+        received_at=env.record.received_at,
+        raw=raw,
+    )
+
+
+def _principal(ident: Mapping[str, Any], issuer: Mapping[str, Any], user_type: str | None,
+               user_name: str | None, principal_arn: str | None) -> ResourceRef | None:
+    account = opt_str(ident.get("accountId"))
+    if user_type == "IAMUser" and user_name:
+        return ResourceRef("iam.user", user_name, principal_arn, account,
+                           details={"principal_id": opt_str(ident.get("principalId"))})
+    if user_type == "AssumedRole":
+        role_arn = opt_str(issuer.get("arn"))
+        role_name = opt_str(issuer.get("userName"))
+        if role_name is None and role_arn:
+            role_name = role_arn.rsplit("/", 1)[-1]
+        if role_name is None and principal_arn and ":assumed-role/" in principal_arn:
+            role_name = principal_arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
+        if role_name:
+            return ResourceRef("iam.role", role_name, role_arn, account,
+                               details={"assumed_role_arn": principal_arn,
+                                        "principal_id": opt_str(ident.get("principalId"))})
+    if user_type == "Root" and account:
+        return ResourceRef("aws.account", account, principal_arn, account,
+                           details={"root": True})
+    return None
+
+
+def _touched(resources: list[Any] | None, params: Mapping[str, Any], account: str | None,
+             region: str | None) -> list[ResourceRef]:
+    out: list[ResourceRef] = []
+    for entry in lst(resources):
+        item = obj(entry)
+        arn = opt_str(item.get("ARN")) or opt_str(item.get("arn"))
+        if arn:
+            out.append(resource_from_arn(arn, account=opt_str(item.get("accountId")) or account,
+                                         region=region))
+    if not params:
+        return out
+    user = opt_str(params.get("userName"))
+    if user:
+        out.append(ResourceRef("iam.user", user, None, account))
+    role = opt_str(params.get("roleName"))
+    if role:
+        out.append(ResourceRef("iam.role", role, None, account))
+    bucket = opt_str(params.get("bucketName"))
+    if bucket:
+        out.append(ResourceRef("s3.bucket", bucket, f"arn:aws:s3:::{bucket}", account, region))
+    key_id = opt_str(params.get("accessKeyId"))
+    if key_id:
+        out.append(ResourceRef("iam.access_key", key_id, None, account))
+    instance_id = opt_str(params.get("instanceId"))
+    if instance_id and instance_id.startswith("i-"):
+        out.append(ResourceRef("ec2.instance", instance_id, None, account, region))
+    for item in lst(obj(params.get("instancesSet")).get("items")):
+        iid = opt_str(obj(item).get("instanceId"))
+        if iid:
+            out.append(ResourceRef("ec2.instance", iid, None, account, region))
+    return out
