@@ -1,0 +1,135 @@
+"""Static checks of what ships in deploy/ and the Dockerfile.
+
+cfn-lint for the CloudFormation template, the Kubernetes JSON schemas for the
+manifests, hadolint for the Dockerfile, and the IAM lists in the template equal to
+what the code declares it calls.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import orjson
+import pytest
+import yaml
+
+from pipeline import iam
+from pipeline.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.30"
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    assert Path(found).exists(), f"{name} is a dev dependency and must be installed"
+    return found
+
+
+def _k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs.append((path.name, doc))
+    return docs
+
+
+def _template() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "cloudformation" / "riposte.yaml").read_text())
+    return data
+
+
+def _role_actions(role: dict[str, Any]) -> set[str]:
+    actions: set[str] = set()
+    for policy in role["Properties"]["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            listed = statement["Action"]
+            actions.update([listed] if isinstance(listed, str) else listed)
+    return actions
+
+
+def test_cloudformation_template_passes_cfn_lint() -> None:
+    result = subprocess.run([_bin("cfn-lint"), str(DEPLOY / "cloudformation" / "riposte.yaml")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_passes_hadolint_and_is_shaped_for_production() -> None:
+    result = subprocess.run([_bin("hadolint"), str(ROOT / "Dockerfile")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("\nFROM ") + text.startswith("FROM ") >= 2, "multi-stage build"
+    assert "USER 10001" in text, "runs as a non-root user"
+    assert 'ENTRYPOINT ["riposte"]' in text, "exec form, so SIGTERM reaches riposte"
+    assert "HEALTHCHECK" in text
+    final_stage = text.rsplit("\nFROM ", 1)[1]
+    assert "pip install" not in final_stage, "no build tools in the final image"
+    assert (ROOT / ".dockerignore").exists()
+
+
+@pytest.mark.parametrize(("name", "doc"), [d for d in _k8s_docs()
+                                           if not d[1]["apiVersion"].startswith(("keda.sh",
+                                                                                 "kustomize"))],
+                         ids=lambda v: v if isinstance(v, str) else v.get("kind", "?"))
+def test_kubernetes_manifests_validate_against_the_schema(name: str, doc: dict[str, Any]
+                                                          ) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_deployment_is_hardened_and_drains_in_time() -> None:
+    docs = {d["kind"]: d for _, d in _k8s_docs()}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    config = parse_config(tomllib.loads(docs["ConfigMap"]["data"]["riposte.toml"]),
+                          origin="configmap", env={})
+    assert pod["terminationGracePeriodSeconds"] > config.service.shutdown_deadline
+    assert config.metrics.host == "0.0.0.0", "probes reach the pod IP, not loopback"
+    keda = docs["ScaledObject"]
+    assert keda["spec"]["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
+    assert {t["type"] for t in keda["spec"]["triggers"]} == {"aws-sqs-queue",
+                                                             "aws-kinesis-stream"}
+    assert docs["PodDisruptionBudget"]["spec"]["selector"] == \
+        docs["Deployment"]["spec"]["selector"]
+
+
+def test_ecs_task_definition_drains_in_time_and_reads_secrets() -> None:
+    task = orjson.loads((DEPLOY / "ecs" / "task-definition.json").read_bytes())
+    container = task["containerDefinitions"][0]
+    assert container["stopTimeout"] > 25  # service.shutdown_deadline default
+    assert container["healthCheck"]["command"][0] == "CMD"
+    assert container["logConfiguration"]["logDriver"] == "awslogs"
+    assert all(s["valueFrom"].startswith("arn:aws:secretsmanager:") for s in container["secrets"])
+    assert task["requiresCompatibilities"] == ["FARGATE"]
+
+
+def test_reader_role_grants_exactly_what_the_code_calls() -> None:
+    template = _template()
+    assert _role_actions(template["Resources"]["ReaderRole"]) == set(iam.reader_actions())
+
+
+def test_queue_policy_only_accepts_our_rules() -> None:
+    statement = _template()["Resources"]["FindingsQueuePolicy"]["Properties"][
+        "PolicyDocument"]["Statement"][0]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert len(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == 4
+    assert "aws:SourceAccount" in statement["Condition"]["StringEquals"]
+
+
+def test_example_config_is_valid() -> None:
+    data = tomllib.loads((ROOT / "examples" / "riposte.toml").read_text())
+    config = parse_config(data, origin="examples/riposte.toml", env={})
+    assert config.containment.mode == "dry-run"
