@@ -1,0 +1,83 @@
+"""What each sink has already accepted, and what it refused, kept in the state store.
+
+A message is redelivered when any required sink failed, so the sinks that had
+already accepted its items would otherwise receive them twice. After a sink
+accepts an item the fan-out writes ``delivered:<sink>:<item_id>`` (put-if-absent,
+with a TTL longer than any queue's retention); before sending it looks the key up.
+Items a sink refused for good are written as ``deadletter:sink:<sink>:<item_id>``
+with the intake's answer, so nothing refused is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from pipeline.clock import WALL_CLOCK, Clock
+from pipeline.models import Item, item_id
+from pipeline.serde import to_jsonable
+from pipeline.state.base import StateStore
+from sinks.base import Rejected
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 7 * 86400.0
+DEAD_LETTER_TTL = 30 * 86400.0
+# The intake's answer is kept for a person to read, not the whole body.
+MAX_RESPONSE_CHARS = 2000
+
+
+def delivered_key(sink: str, item: Item) -> str:
+    return f"delivered:{sink}:{item_id(item)}"
+
+
+def dead_letter_key(sink: str, item: Item) -> str:
+    return f"deadletter:sink:{sink}:{item_id(item)}"
+
+
+class DeliveryLedger:
+    def __init__(self, store: StateStore, *, clock: Clock = WALL_CLOCK,
+                 ttl: float = DEFAULT_TTL, dead_letter_ttl: float = DEAD_LETTER_TTL) -> None:
+        self.store = store
+        self.clock = clock
+        self.ttl = ttl
+        self.dead_letter_ttl = dead_letter_ttl
+
+    async def delivered(self, sink: str, item: Item) -> bool:
+        """True when ``sink`` already accepted this item revision."""
+        return await self.store.get(delivered_key(sink, item), consistent=False) is not None
+
+    async def record_delivered(self, sink: str, items: Sequence[Item], *,
+                               ttl: float | None = None) -> None:
+        """Remember deliveries; a failed write only risks a duplicate, so it is logged."""
+        now = self.clock.now()
+        results = await asyncio.gather(
+            *(self.store.put_if_absent(delivered_key(sink, it), {"at": now},
+                                       ttl=ttl or self.ttl) for it in items),
+            return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            log.warning("delivery ledger write failed; a redelivery may send duplicates",
+                        extra={"sink": sink, "failures": len(failures),
+                               "error": repr(failures[0])})
+
+    async def record_rejected(self, sink: str, rejected: Sequence[Rejected]) -> None:
+        now = self.clock.now()
+        for rej in rejected:
+            value = {
+                "sink": sink,
+                "item_id": item_id(rej.item),
+                "item_kind": rej.item.item_kind,
+                "reason": rej.reason,
+                "response": rej.response[:MAX_RESPONSE_CHARS],
+                "at": now,
+                "item": to_jsonable(rej.item),
+            }
+            try:
+                await self.store.put(dead_letter_key(sink, rej.item), value,
+                                     ttl=self.dead_letter_ttl)
+            except Exception as exc:
+                log.error("could not write a sink dead-letter record",
+                          extra={"sink": sink, "item_id": item_id(rej.item),
+                                 "reason": rej.reason, "error": repr(exc)})

@@ -1,0 +1,207 @@
+"""SNS sink: each item published to a topic with ``PublishBatch``.
+
+The message body is the item as every sink serializes it (:func:`pipeline.serde.dumps`);
+message attributes carry its kind, severity and incident so subscribers filter
+with a subscription filter policy instead of parsing bodies. Requests hold at
+most 10 entries and 256 KiB of messages and attributes (SNS counts both); an
+entry that alone exceeds 256 KiB is rejected as ``entry_too_large``. FIFO topics
+get a ``MessageGroupId`` per incident (or resource), keeping an incident's
+revisions in order, and the item revision as ``MessageDeduplicationId``, so a
+redelivered message is dropped by SNS itself within its five-minute window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.aws import AwsClients
+from pipeline.context import RuntimeContext
+from pipeline.models import ActionRecord, Event, Incident, Item, item_id, item_severity
+from sinks import reasons
+from sinks._aws_errors import (
+    CallCounters,
+    classify_code,
+    classify_exception,
+    error_text,
+    healthcheck_error,
+)
+from sinks._items import encoded
+from sinks.aws_config import SnsSinkConfig
+from sinks.base import Rejected, SendResult
+
+log = logging.getLogger(__name__)
+
+OPERATION = "PublishBatch"
+MAX_ENTRIES = 10
+MAX_REQUEST_BYTES = 256 * 1024
+MAX_SUBJECT = 100
+_FIFO_ID = re.compile(r"^[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}$")
+_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def fifo_id(value: str) -> str:
+    """A valid FIFO group / deduplication id: the value itself or, if it cannot be, a hash."""
+    if _FIFO_ID.match(value):
+        return value
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def subject_for(item: Item, prefix: str) -> str:
+    """ASCII, one line, at most 100 characters, starting with a printable character."""
+    if isinstance(item, Incident | Event):
+        title = item.title
+    else:
+        title = f"{item.kind} on {item.resource.id} ({item.status.value})"
+    text = f"{prefix} {item_severity(item).value.upper()} {item.item_kind}: {title}"
+    text = _PRINTABLE.sub(" ", text).strip()
+    if len(text) > MAX_SUBJECT:
+        text = text[: MAX_SUBJECT - 3].rstrip() + "..."
+    return text or "Riposte"
+
+
+def attributes_for(item: Item) -> dict[str, str]:
+    attrs = {
+        "riposte.kind": item.item_kind,
+        "riposte.severity": item_severity(item).value,
+        "riposte.item_id": item_id(item),
+    }
+    if isinstance(item, Incident):
+        attrs["riposte.incident_id"] = item.id
+        if item.resources:
+            attrs["riposte.resource"] = item.resources[0].key
+    elif isinstance(item, ActionRecord):
+        attrs["riposte.incident_id"] = item.incident_id
+        attrs["riposte.resource"] = item.resource.key
+        attrs["riposte.action_status"] = item.status.value
+    elif item.primary_resource is not None:
+        attrs["riposte.resource"] = item.primary_resource.key
+    return {k: v for k, v in attrs.items() if v}
+
+
+def group_key(item: Item) -> str:
+    if isinstance(item, Incident):
+        return item.id
+    if isinstance(item, ActionRecord):
+        return item.incident_id
+    return item.lane_key
+
+
+class SnsSink:
+    max_batch_items = MAX_ENTRIES
+
+    def __init__(self, config: SnsSinkConfig, aws: AwsClients) -> None:
+        self.name = config.name
+        self.config = config
+        self.aws = aws
+        self.topic_arn = config.topic_arn
+        self.region = config.region or config.topic_arn.split(":")[3]
+        self.fifo = config.topic_arn.endswith(".fifo")
+        self._calls = CallCounters(self.name, OPERATION)
+
+    def entry(self, item: Item, index: int) -> tuple[dict[str, Any], int]:
+        """The PublishBatch entry and the bytes SNS counts for it (message + attributes)."""
+        message = encoded(item).decode()
+        attrs = attributes_for(item)
+        size = len(message.encode()) + sum(
+            len(k.encode()) + len("String") + len(v.encode()) for k, v in attrs.items())
+        entry: dict[str, Any] = {
+            "Id": f"m{index}",
+            "Message": message,
+            "Subject": subject_for(item, self.config.subject_prefix),
+            "MessageAttributes": {k: {"DataType": "String", "StringValue": v}
+                                  for k, v in attrs.items()},
+        }
+        if self.fifo:
+            entry["MessageGroupId"] = fifo_id(group_key(item))
+            entry["MessageDeduplicationId"] = fifo_id(item_id(item))
+        return entry, size
+
+    async def send(self, batch: Sequence[Item]) -> SendResult:
+        rejected: list[Rejected] = []
+        requests: list[list[tuple[Item, dict[str, Any]]]] = []
+        current: list[tuple[Item, dict[str, Any]]] = []
+        current_bytes = 0
+        for index, item in enumerate(batch):
+            entry, size = self.entry(item, index)
+            if size > MAX_REQUEST_BYTES:
+                log.warning("SNS entry too large", extra={
+                    "sink": self.name, "reason": reasons.ENTRY_TOO_LARGE, "bytes": size})
+                rejected.append(Rejected(item, reasons.ENTRY_TOO_LARGE,
+                                         f"{size} bytes > {MAX_REQUEST_BYTES} per message"))
+                continue
+            if current and (len(current) >= MAX_ENTRIES
+                            or current_bytes + size > MAX_REQUEST_BYTES):
+                requests.append(current)
+                current, current_bytes = [], 0
+            current.append((item, entry))
+            current_bytes += size
+        if current:
+            requests.append(current)
+
+        delivered: list[Item] = []
+        retry: list[Item] = []
+        error = ""
+        for request in requests:
+            d, r, j, request_error = await self._publish(request)
+            delivered.extend(d)
+            retry.extend(r)
+            rejected.extend(j)
+            error = error or request_error
+        return SendResult(delivered=tuple(delivered), retry=tuple(retry),
+                          rejected=tuple(rejected), error=error)
+
+    async def _publish(self, request: Sequence[tuple[Item, dict[str, Any]]]
+                       ) -> tuple[list[Item], list[Item], list[Rejected], str]:
+        client = await self.aws.client("sns", region=self.region)
+        try:
+            response = await client.publish_batch(
+                TopicArn=self.topic_arn, PublishBatchRequestEntries=[e for _, e in request])
+        except Exception as exc:
+            failure = classify_exception(exc)
+            self._calls.failed(failure)
+            log.warning("PublishBatch failed", extra={
+                "sink": self.name, "reason": failure.reason, "retry": failure.retry})
+            items = [i for i, _ in request]
+            if failure.retry:
+                return [], items, [], error_text(failure)
+            return [], [], [Rejected(i, failure.reason, failure.message) for i in items], ""
+        failed = {f.get("Id"): f for f in response.get("Failed") or ()}
+        self._calls.count("partial" if failed else "ok")
+        delivered: list[Item] = []
+        retry: list[Item] = []
+        rejected: list[Rejected] = []
+        error = ""
+        for item, entry in request:
+            fail = failed.get(entry["Id"])
+            if fail is None:
+                delivered.append(item)
+                continue
+            failure = classify_code(fail.get("Code"), sender_fault=fail.get("SenderFault"),
+                                    message=fail.get("Message", ""))
+            log.warning("SNS entry failed", extra={
+                "sink": self.name, "reason": failure.reason, "retry": failure.retry})
+            if failure.retry:
+                retry.append(item)
+                error = error or error_text(failure)
+            else:
+                rejected.append(Rejected(item, failure.reason, failure.message))
+        return delivered, retry, rejected, error
+
+    async def healthcheck(self) -> None:
+        """GetTopicAttributes: the topic exists and these credentials may see it."""
+        try:
+            client = await self.aws.client("sns", region=self.region)
+            await client.get_topic_attributes(TopicArn=self.topic_arn)
+        except Exception as exc:
+            raise healthcheck_error(self.name, f"SNS topic {self.topic_arn}", exc) from exc
+
+    async def aclose(self) -> None:
+        """Nothing to close: the AWS clients belong to the runtime context."""
+
+
+def build(config: SnsSinkConfig, ctx: RuntimeContext) -> SnsSink:
+    return SnsSink(config, ctx.aws)
