@@ -1,0 +1,203 @@
+"""Containment latency: from an EC2 incident reaching the contain stage to the isolation
+call (``ModifyInstanceAttribute``) being issued, p50 and p99, in enforce mode.
+
+The EC2 side is a small canned stand-in (EC2 query API, XML) in a separate process that
+answers at once, so the figures are Riposte's own time plus a few loopback round trips:
+the policy match, safety gates, ledger claim (conditional write), the live describe and
+group lookup the plan needs, the blast-radius bucket and the call itself. Target: p99
+under 1 s excluding AWS API latency. The time is taken when botocore is about to send
+the request (its ``before-send`` event).
+
+    python bench/bench_contain.py [--incidents 500] [--concurrency 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
+
+# --- the canned EC2 stand-in (separate process) -----------------------------------------------
+def _instance_xml(instance_id: str, groups: list[str]) -> str:
+    gset = "".join(f"<item><groupId>{g}</groupId><groupName>{g}</groupName></item>"
+                   for g in groups)
+    return (f"<item><instanceId>{instance_id}</instanceId><vpcId>vpc-bench</vpcId>"
+            f"<subnetId>subnet-bench</subnetId><instanceState><code>16</code><name>running"
+            f"</name></instanceState><groupSet>{gset}</groupSet><networkInterfaceSet><item>"
+            f"<networkInterfaceId>eni-{instance_id[2:]}</networkInterfaceId><subnetId>"
+            f"subnet-bench</subnetId><privateIpAddress>10.0.0.5</privateIpAddress><attachment>"
+            f"<deviceIndex>0</deviceIndex></attachment><groupSet>{gset}</groupSet></item>"
+            f"</networkInterfaceSet><tagSet/></item>")
+
+
+def serve(port: int) -> None:
+    from aiohttp import web
+
+    groups: dict[str, list[str]] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        form = {k: v[0] for k, v in parse_qs(await request.text()).items()}
+        action = form.get("Action", "")
+        if action == "DescribeInstances":
+            iid = form["InstanceId.1"]
+            body = (f"<reservationSet><item><reservationId>r-1</reservationId><instancesSet>"
+                    f"{_instance_xml(iid, groups.setdefault(iid, ['sg-app']))}</instancesSet>"
+                    f"</item></reservationSet>")
+        elif action == "DescribeSecurityGroups":
+            body = ("<securityGroupInfo><item><groupId>sg-quarantine</groupId><groupName>"
+                    "riposte-quarantine</groupName><vpcId>vpc-bench</vpcId></item>"
+                    "</securityGroupInfo>")
+        elif action == "ModifyInstanceAttribute":
+            groups[form["InstanceId"]] = [form["GroupId.1"]]
+            body = "<return>true</return>"
+        else:
+            return web.Response(status=400, text=f"unsupported {action}")
+        xml = (f'<{action}Response xmlns="{NS}"><requestId>bench</requestId>{body}'
+               f"</{action}Response>")
+        return web.Response(text=xml, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
+# --- the measurement --------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("the canned EC2 stand-in did not start")
+
+
+async def measure(n: int, concurrency: int) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.actions.config import ContainmentConfig
+    from pipeline.aws import AwsClients
+    from pipeline.config import RiposteConfig
+    from pipeline.context import RuntimeContext
+    from pipeline.models import (
+        ActionStatus,
+        Event,
+        EventKind,
+        FindingRef,
+        Incident,
+        ResourceRef,
+        RiskScore,
+        Severity,
+        SeverityLabel,
+    )
+    from pipeline.stages.contain import build
+    from pipeline.state.memory import MemoryStore
+
+    HOME, REGION = "123456789012", "us-east-1"
+    ftype = "UnauthorizedAccess:EC2/TorClient"
+    sev = Severity.of_score(85)
+
+    def incident(ref: ResourceRef) -> Incident:
+        now = datetime.now(UTC)
+        trigger = Event(id=f"ev-{ref.id}", kind=EventKind.GUARDDUTY, type=ftype, title=ftype,
+                        source="aws.guardduty", account=HOME, region=REGION, time=now,
+                        severity=sev, resources=(ref,), created_at=now,
+                        detail_type="GuardDuty Finding", received_at=time.time())
+        return Incident(id=f"inc-{ref.id}", key=ref.key, title=ftype, account=HOME,
+                        region=REGION, resources=(ref,),
+                        findings=(FindingRef(trigger.id, EventKind.GUARDDUTY, ftype, sev, now),),
+                        first_seen=now, last_seen=now,
+                        score=RiskScore(85, SeverityLabel.HIGH), trigger=trigger)
+
+    cfg = ContainmentConfig.model_validate({
+        "mode": "enforce", "accounts": [HOME], "regions": [REGION], "home_account": HOME,
+        "rate_limit": {"actions_per_minute": 10_000},
+        "policies": [{"name": "isolate", "match": {"resource_types": ["ec2.instance"]},
+                      "actions": [{"kind": "ec2.isolate"}]}]})
+    aws = AwsClients(REGION)
+    issued: dict[str, float] = {}
+
+    def before_send(request: Any, **_: Any) -> None:
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body)
+        iid = parse_qs(body)["InstanceId"][0]
+        issued[iid] = time.perf_counter()
+
+    aws.session.register("before-send.ec2.ModifyInstanceAttribute", before_send)
+    ctx = RuntimeContext(config=RiposteConfig(containment=cfg), store=MemoryStore(), aws=aws)
+    stage = build(ctx.config, ctx)
+
+    async def one(i: int, prefix: str) -> float:
+        iid = f"i-{prefix}{i:012x}"
+        ref = ResourceRef(type="ec2.instance", id=iid, account=HOME, region=REGION)
+        started = time.perf_counter()
+        out = await stage.process(incident(ref))
+        assert out[1].status == ActionStatus.VERIFIED, out[1].reason
+        return issued[iid] - started
+
+    for i in range(20):  # warm up: clients, connection pool, imports
+        await one(i, "w")
+    for conc in sorted({1, concurrency}):
+        sem = asyncio.Semaphore(conc)
+
+        async def bounded(i: int, prefix: str, sem: asyncio.Semaphore = sem) -> float:
+            async with sem:
+                return await one(i, prefix)
+
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        lat = await asyncio.gather(*(bounded(i, f"c{conc}x") for i in range(n)))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        q = statistics.quantiles(lat, n=100)
+        print(f"concurrency {conc:>3}: {n} incidents, receipt -> isolation call issued: "
+              f"p50 {q[49] * 1000:.2f} ms, p99 {q[98] * 1000:.2f} ms, max {max(lat) * 1000:.2f} "
+              f"ms; CPU {cpu / n * 1000:.2f} ms per incident (4 AWS calls each: describe, "
+              f"group lookup, modify, verify describe); {n / wall:.0f} incidents/s")
+    await aws.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--incidents", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    try:
+        _wait_for(port)
+        os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+                           "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
+        os.environ.pop("AWS_PROFILE", None)
+        asyncio.run(measure(args.incidents, args.concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

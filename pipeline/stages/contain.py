@@ -1,0 +1,48 @@
+"""The contain stage: incidents in, incidents with their actions out, plus one item per action.
+
+The decisions themselves (policy, safety checks, ledger, modes, blast radius) live
+in :class:`pipeline.actions.engine.ContainmentEngine`, which the operator commands
+share; this stage only adapts it to the chain. Items that are not incidents pass
+through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.actions.credentials import CredentialBroker
+from pipeline.actions.engine import ContainmentEngine
+from pipeline.config import RiposteConfig
+from pipeline.context import RuntimeContext
+from pipeline.models import Incident
+
+BROKER_KEY = "containment.credentials"
+
+
+class ContainStage:
+    name = "contain"
+
+    def __init__(self, engine: ContainmentEngine) -> None:
+        self.engine = engine
+
+    async def process(self, item: Any) -> Sequence[Any]:
+        if not isinstance(item, Incident):
+            return [item]
+        incident, records = await self.engine.contain(item)
+        return [incident, *records]
+
+
+def engine_for(ctx: RuntimeContext, config: RiposteConfig | None = None) -> ContainmentEngine:
+    """One engine per context; the credential cache is shared through ``ctx.extras``."""
+    cfg = (config or ctx.config).containment
+    broker = ctx.extras.get(BROKER_KEY)
+    if not isinstance(broker, CredentialBroker):
+        broker = CredentialBroker(cfg, ctx.aws)
+        ctx.extras[BROKER_KEY] = broker
+    return ContainmentEngine(cfg, ctx.store, ctx.aws, ctx.clock, simulate=ctx.simulate,
+                             broker=broker)
+
+
+def build(config: RiposteConfig, ctx: RuntimeContext) -> ContainStage:
+    return ContainStage(engine_for(ctx, config))
