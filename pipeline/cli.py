@@ -165,10 +165,14 @@ def _check_config(path: str) -> int:
 async def _ops(args: argparse.Namespace) -> int:
     from pipeline.actions import ops
     from pipeline.assemble import open_context
+    from pipeline.secrets import resolve_secrets
 
     config = _load(args.config)
     ctx = await open_context(config)
     try:
+        # Approving or rolling back may assume member-account roles: their external ids
+        # can be secret references, resolved exactly as `riposte run` resolves them.
+        ctx.config = await resolve_secrets(config, ctx.aws)
         result: Any
         if args.command == "actions":
             if args.verb == "list":

@@ -47,10 +47,16 @@ def _template() -> dict[str, Any]:
     return data
 
 
-def _role_actions(role: dict[str, Any]) -> set[str]:
+def _role_actions(template: dict[str, Any], role_name: str) -> set[str]:
+    """Every action a role's inline and managed (in-template) policies allow."""
+    resources = template["Resources"]
+    role = resources[role_name]["Properties"]
+    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
+    documents += [resources[ref["Ref"]]["Properties"]["PolicyDocument"]
+                  for ref in role.get("ManagedPolicyArns", [])]
     actions: set[str] = set()
-    for policy in role["Properties"]["Policies"]:
-        for statement in policy["PolicyDocument"]["Statement"]:
+    for document in documents:
+        for statement in document["Statement"]:
             listed = statement["Action"]
             actions.update([listed] if isinstance(listed, str) else listed)
     return actions
@@ -117,8 +123,28 @@ def test_ecs_task_definition_drains_in_time_and_reads_secrets() -> None:
 
 
 def test_reader_role_grants_exactly_what_the_code_calls() -> None:
+    assert _role_actions(_template(), "ReaderRole") == set(iam.reader_actions())
+
+
+def test_responder_role_adds_exactly_what_the_actions_declare() -> None:
     template = _template()
-    assert _role_actions(template["Resources"]["ReaderRole"]) == set(iam.reader_actions())
+    responder = _role_actions(template, "ResponderRole")
+    assert responder == set(iam.responder_actions())
+    assert not any(a.startswith(("ec2:Create", "ec2:Modify", "iam:Update", "iam:Put"))
+                   for a in _role_actions(template, "ReaderRole")), "the reader cannot contain"
+
+
+def test_every_aws_service_the_code_calls_is_in_a_policy() -> None:
+    """Each ``aws.client("svc")`` in the code has permissions for that service somewhere."""
+    import re
+
+    services: set[str] = set()
+    for path in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "sinks").rglob("*.py")]:
+        services.update(re.findall(r"client\(\s*\"([a-z0-9-]+)\"", path.read_text()))
+    prefixes = {a.split(":")[0] for a in iam.responder_actions()}
+    aliases = {"route53resolver": "route53resolver", "sts": "sts"}
+    missing = {s for s in services if aliases.get(s, s) not in prefixes}
+    assert not missing, f"clients created without permissions in the policies: {missing}"
 
 
 def test_queue_policy_only_accepts_our_rules() -> None:
