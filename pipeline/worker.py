@@ -93,12 +93,18 @@ class Runner:
         consumers = [asyncio.create_task(self._consume(s), name=f"consume:{s.name}")
                      for s in self.sources]
         self._ready = True
-        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        remaining = set(consumers)
         try:
-            all_done: asyncio.Future[Any] = asyncio.gather(*consumers)
-            await asyncio.wait([stop_wait, all_done], return_when=asyncio.FIRST_COMPLETED)
-            if all_done.done() and all_done.exception() is not None:
-                log.error("a source failed", exc_info=all_done.exception())
+            while remaining:
+                done, _ = await asyncio.wait({stop_wait, *remaining},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done & remaining:
+                    remaining.discard(task)
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("a source failed", exc_info=task.exception())
+                if stop_wait in done:
+                    break
         finally:
             self._stopping.set()
             stop_wait.cancel()
@@ -109,8 +115,6 @@ class Runner:
         async for message in source.messages():
             self.stats.received += 1
             await self._queue.put((source, message))
-            if self._stopping.is_set():
-                break
 
     async def _work(self) -> None:
         task = asyncio.current_task()
@@ -196,7 +200,11 @@ class Runner:
         log.info("shutting down: stopping sources",
                  extra={"in_flight": len(self._busy) + self._queue.qsize()})
         await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
-        for consumer in consumers:
+        # A stopped source ends its iterator; its consumer then hands over what it holds.
+        # One that does not end promptly is cancelled: a message it held is unsettled and
+        # the source's aclose() releases it.
+        _, stuck = await asyncio.wait(consumers, timeout=min(2.0, budget / 2))
+        for consumer in stuck:
             consumer.cancel()
         await asyncio.gather(*consumers, return_exceptions=True)
         # Work already received is finished if the deadline allows: one sentinel per worker
