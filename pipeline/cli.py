@@ -145,13 +145,33 @@ async def run_service(config: RiposteConfig) -> int:
         "sinks": [s.name for s in config.sinks],
         "containment_mode": config.containment.mode,
         "metrics_port": ops.bound_port if ops else None})
+    escalation: asyncio.Task[None] | None = None
+    if config.containment.sla_seconds:
+        escalation = asyncio.create_task(
+            _escalate_overdue(ctx, pipeline.fanout, config.containment.sla_seconds))
     try:
         stats = await runner.run()
     finally:
+        if escalation is not None:
+            escalation.cancel()
         if ops is not None:
             await ops.aclose()
     log.info("riposte stopped", extra={"received": stats.received, **dict(stats.outcomes)})
     return EXIT_OK
+
+
+async def _escalate_overdue(ctx: Any, fanout: Any, sla: float) -> None:
+    """Every so often, send incidents not contained within the SLA to the alert sinks."""
+    from pipeline.actions import ops
+
+    interval = max(5.0, min(60.0, sla / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for record in await ops.escalate_overdue(ctx):
+                await fanout.process(record)
+        except Exception:  # escalation must never take the service down
+            log.warning("SLA escalation pass failed; will try again", exc_info=True)
 
 
 def _check_config(path: str) -> int:

@@ -65,6 +65,13 @@ TIME_TO_CONTAIN = Histogram("riposte_time_to_contain_seconds",
                             "to containment", ["basis"], buckets=_CONTAIN_BUCKETS,
                             registry=REGISTRY)
 
+TIME_TO_DETECT = Histogram("riposte_time_to_detect_seconds",
+                           "From an incident's first event's creation to Riposte receiving it "
+                           "(MTTD)", buckets=_CONTAIN_BUCKETS, registry=REGISTRY)
+TIME_TO_RECOVER = Histogram("riposte_time_to_recover_seconds",
+                            "From containment to recovery (rollback after resolution; MTTR)",
+                            buckets=_CONTAIN_BUCKETS, registry=REGISTRY)
+
 # --- sinks ------------------------------------------------------------------------------------
 SINK_SENT = Counter("riposte_sink_sent", "Items delivered", ["sink"], registry=REGISTRY)
 SINK_FAILED = Counter("riposte_sink_failed", "Failed send attempts by reason",

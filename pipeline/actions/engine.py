@@ -224,6 +224,8 @@ class ContainmentEngine:
                             extra={"action_id": entry.action_id, "incident_id": incident.id})
         if not emitted:
             return incident, []
+        if incident.contained_at:
+            metrics.TIME_TO_RECOVER.observe(max(0.0, self.clock.now() - incident.contained_at))
         by_id = {a.id: a for a in incident.actions}
         by_id.update({r.id: r for r in emitted})
         return replace(incident, actions=tuple(by_id.values()),

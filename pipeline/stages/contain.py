@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline import metrics
 from pipeline.actions.credentials import CredentialBroker
 from pipeline.actions.engine import ContainmentEngine
 from pipeline.config import RiposteConfig
@@ -29,8 +30,19 @@ class ContainStage:
     async def process(self, item: Any) -> Sequence[Any]:
         if not isinstance(item, Incident):
             return [item]
+        if item.revision == 1:
+            _observe_time_to_detect(item)
         incident, records = await self.engine.contain(item)
         return [incident, *records]
+
+
+def _observe_time_to_detect(incident: Incident) -> None:
+    """MTTD: from the first event's creation (the producer's clock) to its arrival here."""
+    trigger = incident.trigger
+    if trigger is None or not trigger.received_at:
+        return
+    created = trigger.created_at or trigger.time
+    metrics.TIME_TO_DETECT.observe(max(0.0, trigger.received_at - created.timestamp()))
 
 
 def engine_for(ctx: RuntimeContext, config: RiposteConfig | None = None) -> ContainmentEngine:
