@@ -28,7 +28,7 @@ import orjson
 
 from pipeline import __version__
 from pipeline.config import RiposteConfig, load_config, masked_dump
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RiposteError
 
 log = logging.getLogger("riposte")
 
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--reorder-window", type=float, default=300.0, metavar="SECONDS",
                         help="how far out of event-time order the input may be (default 300)")
     replay.add_argument("--state", metavar="FILE",
-                        help="SQLite state file (default: a fresh temporary one)")
+                        help="SQLite state file (default: a fresh temporary one; "
+                             "':memory:' keeps state in memory, faster)")
 
     actions = sub.add_parser("actions", help="containment actions: list, pause, resume")
     actions.add_argument("verb", choices=["list", "pause", "resume"])
@@ -157,6 +158,9 @@ async def run_service(config: RiposteConfig) -> int:
         if ops is not None:
             await ops.aclose()
     log.info("riposte stopped", extra={"received": stats.received, **dict(stats.outcomes)})
+    if stats.failed_sources:
+        log.error("stopped because a source failed", extra={"sources": stats.failed_sources})
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -272,7 +276,7 @@ async def _replay(args: argparse.Namespace) -> int:
           f"{len(first['incidents'])} incidents, {len(first['actions'])} planned actions, "
           f"{sum(inputs['errors'].values())} unreadable; report in {out}/")
     if args.compare:
-        if opts.state_path:
+        if opts.state_path and opts.state_path != ":memory:":
             raise ConfigError("--compare needs fresh state for each run; drop --state")
         second = report.build_report(await run_replay(_load(args.compare), opts))
         diff = report.compare_reports(first, second)
@@ -309,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"riposte: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RiposteError as exc:  # e.g. an approval or rollback the ledger refuses
+        print(f"riposte: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 

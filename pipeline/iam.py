@@ -5,9 +5,10 @@ Two roles, so a team can run detection without granting response rights:
 * **reader**: consume (SQS, Kinesis, the S3 objects CloudTrail notifications
   name), keep state (DynamoDB), read secrets, re-fetch GuardDuty findings, and
   deliver to the AWS sinks;
-* **responder**: the reader's rights plus exactly the permissions the enabled
+* **responder**: the reader's rights plus exactly the permissions the
   containment actions declare (each action module lists them next to the calls
-  it makes), plus ``sts:AssumeRole`` for the member-account roles.
+  it makes; all registered actions by default, or only the kinds passed to
+  ``responder_actions``), plus ``sts:AssumeRole`` for the member-account roles.
 
 ``python -m pipeline.iam reader|responder`` prints a policy document; the
 CloudFormation template in ``deploy/cloudformation`` carries the same lists and

@@ -45,6 +45,8 @@ class RunStats:
     dead_letter_reasons: Tally[str] = field(default_factory=Tally)
     retry_reasons: Tally[str] = field(default_factory=Tally)
     cancelled_at_shutdown: int = 0
+    # Sources whose consumer ended with an error (the service exits non-zero).
+    failed_sources: list[str] = field(default_factory=list)
 
 
 class Runner:
@@ -76,7 +78,8 @@ class Runner:
 
     @property
     def ready(self) -> bool:
-        return self._ready and not self._stopping.is_set()
+        """Consuming: started, no source has failed, and not shutting down."""
+        return self._ready and not self._stopping.is_set() and not self.stats.failed_sources
 
     @property
     def stopping(self) -> bool:
@@ -102,7 +105,9 @@ class Runner:
                 for task in done & remaining:
                     remaining.discard(task)
                     if not task.cancelled() and task.exception() is not None:
-                        log.error("a source failed", exc_info=task.exception())
+                        self.stats.failed_sources.append(task.get_name())
+                        log.error("a source failed; shutting down", exc_info=task.exception())
+                        self._stopping.set()
                 if stop_wait in done:
                     break
         finally:

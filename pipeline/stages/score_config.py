@@ -34,7 +34,8 @@ def _default_families() -> dict[str, float]:
 
 def _default_detection_points() -> dict[str, float]:
     # Points for a Riposte detection (CloudTrail rule) by its severity label.
-    return {"critical": 70, "high": 55, "medium": 35, "low": 12, "informational": 0}
+    # A detection on its own lands in its own label (thresholds 85 / 60 / 35 / 10).
+    return {"critical": 88, "high": 65, "medium": 40, "low": 15, "informational": 0}
 
 
 def _default_criticality() -> dict[str, float]:

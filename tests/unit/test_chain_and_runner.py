@@ -253,3 +253,18 @@ async def test_in_flight_budget_takes_what_is_free_and_wakes_waiters() -> None:
     assert await asyncio.wait_for(waiter, 1) == 2
     with pytest.raises(ValueError, match="at least 1"):
         InFlightBudget(0)
+
+
+async def test_a_failing_source_stops_the_service_and_is_reported() -> None:
+    class Broken(ListSource):
+        async def messages(self) -> AsyncIterator[Message]:
+            await self.budget.acquire(1)
+            yield msg("ok", "m0")
+            raise RuntimeError("the queue vanished")
+
+    source = Broken([])
+    runner = Runner([source], Chain([Judge()], []), concurrency=2)
+    stats = await asyncio.wait_for(runner.run(), 5)
+    assert stats.failed_sources == ["consume:list"]
+    assert not runner.ready
+    assert source.settled["m0"].kind is OutcomeKind.ACK, "what was received is still finished"
