@@ -72,6 +72,16 @@ class DynamoDbStore:
         except Exception as exc:
             if _code(exc) != "ResourceNotFoundException":
                 raise
+        try:
+            await self._create()
+        except Exception as exc:
+            # Another worker created it between our describe and create: that is success.
+            if _code(exc) != "ResourceInUseException":
+                raise
+            return False
+        return True
+
+    async def _create(self) -> None:
         await self.client.create_table(
             TableName=self.table,
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
@@ -85,7 +95,6 @@ class DynamoDbStore:
         await self.client.update_time_to_live(
             TableName=self.table,
             TimeToLiveSpecification={"Enabled": True, "AttributeName": "exp"})
-        return True
 
     def _item_key(self, key: str) -> dict[str, Any]:
         return {"pk": {"S": partition_of(key)}, "sk": {"S": key}}
