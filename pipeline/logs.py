@@ -66,11 +66,17 @@ class TextFormatter(logging.Formatter):
         return scrub(line)
 
 
+class _RiposteHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler ``configure`` installed, so a second call replaces only it."""
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _RiposteHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Handlers someone else installed (a test harness, an embedding program) stay.
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _RiposteHandler)]
+    root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("botocore", "aiobotocore", "urllib3", "werkzeug", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
