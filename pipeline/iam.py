@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-# Feature → the API permissions its code calls. Keep each list next to the code's reality:
-# tests/unit/test_iam.py checks that every AWS service a module creates a client for is here.
+# Feature → the API permissions its code calls. tests/unit/test_deploy.py checks that every
+# AWS service a module creates a client for has permissions here or in an action's list.
 READER_FEATURES: dict[str, tuple[str, ...]] = {
     "source.sqs": ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                    "sqs:GetQueueAttributes", "sqs:SendMessage"),

@@ -1,7 +1,8 @@
 """Shared fixtures: one moto server per session, real clients pointed at it over HTTP.
 
-The AWS environment is pointed at the local server for the whole session before
-any test runs, so no test can reach a real AWS endpoint even by accident.
+Before anything else, the AWS environment gets fake credentials and a loopback
+endpoint where nothing listens, so no test can reach a real AWS endpoint even by
+accident; the ``moto_server`` fixture then points it at the local stand-in.
 """
 
 from __future__ import annotations
@@ -16,6 +17,25 @@ import boto3
 import pytest
 
 from pipeline.localaws import LocalAws, environment_for
+
+# Before any test (or any module a test imports) creates an AWS client: fake credentials and
+# an endpoint where nothing listens. A test that forgets the moto_server fixture then fails
+# to connect to 127.0.0.1:9 instead of reaching a real AWS endpoint.
+_SAFE_AWS_ENV = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+os.environ.pop("AWS_PROFILE", None)
+os.environ.update(_SAFE_AWS_ENV)
+for _name in list(os.environ):
+    if _name.startswith("AWS_ENDPOINT_URL_"):
+        del os.environ[_name]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -151,7 +151,10 @@ def test_queue_policy_only_accepts_our_rules() -> None:
     statement = _template()["Resources"]["FindingsQueuePolicy"]["Properties"][
         "PolicyDocument"]["Statement"][0]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
-    assert len(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == 4
+    rules = {name for name, r in _template()["Resources"].items()
+             if r["Type"] == "AWS::Events::Rule"}
+    allowed = {ref["Fn::GetAtt"][0] for ref in statement["Condition"]["ArnEquals"]["aws:SourceArn"]}
+    assert allowed == rules, "exactly our rules may send"
     assert "aws:SourceAccount" in statement["Condition"]["StringEquals"]
 
 
