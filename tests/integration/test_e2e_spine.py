@@ -8,7 +8,9 @@ so the queue depth is kept in the hundreds); Kinesis carries the volume.
 from __future__ import annotations
 
 import signal
+import socket
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,28 @@ def _queue(boto: Any, visibility: int = 30) -> tuple[Any, str, str]:
     return sqs, url, dlq
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The Prometheus text exposition of a running worker, as {sample with labels: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def _config(tmp_path: Path, sources: str, *, in_flight: int = 100, deadline: float = 10,
-            extra: str = "") -> Path:
+            extra: str = "", metrics_port: int | None = None) -> Path:
+    metrics = (f"enabled = true\nport = {metrics_port}" if metrics_port
+               else "enabled = false")
     return write_config(tmp_path / "riposte.toml", f"""
 [service]
 region = "us-east-1"
@@ -48,7 +70,7 @@ concurrency = 32
 shutdown_deadline = {deadline}
 
 [metrics]
-enabled = false
+{metrics}
 
 [logging]
 level = "INFO"
@@ -99,12 +121,28 @@ def _feed_gradually(sqs: Any, url: str, bodies: list[bytes], out: Path,
 def test_sqs_events_arrive_exactly_once(boto: Any, tmp_path: Path) -> None:
     sqs, url, dlq = _queue(boto)
     events = guardduty_events(1000, f"sqs-{uuid.uuid4().hex[:6]}-")
-    proc = start_riposte(_config(tmp_path, _sqs_source(url, dlq)), tmp_path / "log")
+    port = _free_port()
+    proc = start_riposte(_config(tmp_path, _sqs_source(url, dlq), metrics_port=port),
+                         tmp_path / "log")
     out = tmp_path / "out.jsonl"
     try:
         _feed_gradually(sqs, url, [b for _, b in events], out)
         assert wait_for(lambda: len(read_jsonl_ids(out)) >= len(events), 120), \
             (tmp_path / "log").read_text()[-3000:]
+        assert wait_for(lambda: _scrape(port).get(
+            'riposte_processed_messages_total{outcome="ack",source="sqs"}', 0) >= len(events), 10)
+        metrics = _scrape(port)
+        assert metrics['riposte_received_messages_total{source="sqs"}'] >= len(events)
+        assert metrics['riposte_sqs_message_age_seconds_count{source="sqs"}'] >= len(events)
+        assert metrics["riposte_in_flight_messages"] >= 0
+        for stage in ("decode", "normalize", "trust", "detect", "correlate", "score",
+                      "contain", "fanout"):
+            assert metrics[f'riposte_stage_seconds_count{{stage="{stage}"}}'] >= len(events)
+        assert metrics['riposte_events_total{kind="guardduty"}'] >= len(events)
+        assert metrics['riposte_sink_sent_total{sink="out"}'] >= len(events)
+        assert metrics["riposte_time_to_detect_seconds_count"] >= 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as ready:
+            assert ready.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -129,11 +167,18 @@ name = "kinesis"
 stream_name = "{stream}"
 idle_poll_interval = 0.2
 """
-    proc = start_riposte(_config(tmp_path, source, in_flight=1000), tmp_path / "log")
+    port = _free_port()
+    proc = start_riposte(_config(tmp_path, source, in_flight=1000, metrics_port=port),
+                         tmp_path / "log")
     out = tmp_path / "out.jsonl"
     try:
         assert wait_for(lambda: len(read_jsonl_ids(out)) >= len(events), 120), \
             (tmp_path / "log").read_text()[-3000:]
+        metrics = _scrape(port)
+        behind = [k for k in metrics if k.startswith("riposte_kinesis_millis_behind_latest{")]
+        assert len(behind) == 4, "one gauge per shard"
+        assert sum(v for k, v in metrics.items()
+                   if k.startswith("riposte_kinesis_checkpoints_total{")) >= 4
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
