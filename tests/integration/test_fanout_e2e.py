@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpfakes import SplunkHecFake
 
+from tests.httpfakes import SplunkHecFake
 from tests.integration.e2e_helpers import (
     guardduty_events,
     read_jsonl_ids,

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpfakes import DatadogFake, Fault, SplunkHecFake, WebhookFake, self_signed
-from sink_items import event, incident
 
 from pipeline.aws import AwsClients
 from pipeline.config import RiposteConfig, parse_config
@@ -30,6 +28,8 @@ from pipeline.state.memory import MemoryStore
 from sinks import reasons
 from sinks.delivery_ledger import dead_letter_key
 from sinks.fanout import FanoutStage, SinkHealthError, build
+from tests.httpfakes import DatadogFake, Fault, SplunkHecFake, WebhookFake, self_signed
+from tests.sink_items import event, incident
 
 pytestmark = pytest.mark.integration
 

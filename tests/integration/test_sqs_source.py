@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import FIXTURES
 
 from pipeline import metrics
 from pipeline.aws import AwsClients
@@ -38,6 +37,7 @@ from pipeline.sources.sqs import (
     SqsSource,
 )
 from pipeline.worker import Runner
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.integration
 

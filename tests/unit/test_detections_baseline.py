@@ -9,8 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cloudtrail_cases import derive, make_ctx, normalized
-
 from pipeline.clock import EventTimeClock
 from pipeline.detections.registry import RULES
 from pipeline.models import Event
@@ -18,6 +16,7 @@ from pipeline.stages.detect import DetectStage
 from pipeline.state.base import StateStore
 from pipeline.state.memory import MemoryStore
 from pipeline.state.sqlite import SqliteStore
+from tests.unit.cloudtrail_cases import derive, make_ctx, normalized
 
 T0 = datetime(2024, 6, 2, 20, 0, tzinfo=UTC)
 DAY = 86400.0

@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 import orjson
 import pytest
-from cloudtrail_cases import derive, load_cases, make_ctx, normalized
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from pipeline import metrics
 from pipeline.detections.registry import RULES
 from pipeline.models import Event, EventKind
 from pipeline.stages.detect import DetectStage, build
+from tests.unit.cloudtrail_cases import derive, load_cases, make_ctx, normalized
 
 CASES = load_cases()
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import pytest
-from cloudtrail_cases import derive, make_ctx, normalized, shared_samples_or_skip
 from pydantic import ValidationError
 
 from pipeline import metrics
@@ -29,6 +28,7 @@ from pipeline.detections.registry import (
 from pipeline.errors import ConfigError
 from pipeline.models import Event, EventKind, RawRecord, SeverityLabel
 from pipeline.stages.detect import DetectStage, build, detection_id
+from tests.unit.cloudtrail_cases import derive, make_ctx, normalized, shared_samples_or_skip
 
 # The published AttachUserPolicy(AdministratorAccess) record, made from curl.
 ATTACH_FROM_CURL = {"userAgent": "curl/8.4.0"}

@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import FIXTURES, shared_samples_or_skip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from pipeline.models import RawRecord
 from pipeline.sources.base import Message
 from pipeline.sources.envelopes import MAX_DEPTH, DecodeStage, depth_exceeds
 from pipeline.sources.s3 import classify_client_error, gunzip_capped
+from tests.conftest import FIXTURES, shared_samples_or_skip
 
 ENVELOPES = FIXTURES / "envelopes"
 MAX_MESSAGE = 64 * 1024

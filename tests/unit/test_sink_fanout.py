@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from sink_items import ScriptedSink, action, detection, event, incident
 
 from pipeline import metrics
 from pipeline.errors import RetriableError
@@ -27,6 +26,7 @@ from sinks.base import Rejected, SendResult
 from sinks.config_base import Batching, RateLimit, RetryPolicy, Routing, SinkBase
 from sinks.delivery_ledger import DeliveryLedger, dead_letter_key, delivered_key
 from sinks.fanout import FanoutStage, Route, SinkHealthError
+from tests.sink_items import ScriptedSink, action, detection, event, incident
 
 
 def runner(sink: ScriptedSink, store: MemoryStore, **cfg: object) -> SinkRunner:

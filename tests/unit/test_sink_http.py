@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sink_items import incident
 
 from pipeline.errors import ConfigError
 from sinks import _http, reasons
 from sinks._http import HttpResponse, classify, retry_after, safe_url
+from tests.sink_items import incident
 
 BATCH = [incident(1), incident(2)]
 

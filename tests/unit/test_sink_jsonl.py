@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from sink_items import action, detection, incident
 
 from pipeline.errors import ConfigError
 from pipeline.models import Item
 from sinks.config import JsonLinesSinkConfig
 from sinks.jsonl import JsonLinesSink
+from tests.sink_items import action, detection, incident
 
 
 @pytest.mark.parametrize("fsync", [False, True])

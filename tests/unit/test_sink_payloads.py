@@ -9,13 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from sink_items import T0, event, incident
 
 from pipeline.models import Event
 from sinks import reasons
 from sinks.config import DatadogSinkConfig, SplunkHecSinkConfig
 from sinks.datadog import DatadogLogsSink
 from sinks.splunk_hec import SplunkHecSink
+from tests.sink_items import T0, event, incident
 
 
 def dd(**kw: Any) -> DatadogLogsSink:

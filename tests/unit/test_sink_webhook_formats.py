@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from sink_items import action, detection, incident
 
 from pipeline.models import ActionStatus, Item
 from sinks.config import WebhookSinkConfig
@@ -24,6 +23,7 @@ from sinks.webhook import (
     feishu_sign,
     verify_generic_signature,
 )
+from tests.sink_items import action, detection, incident
 
 FORMATS = ["slack", "teams", "discord", "dingtalk", "feishu", "wecom", "generic"]
 NOW = 1_763_627_400.0

@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from cloudtrail_cases import derive, make_ctx, normalized
 
 from pipeline import metrics
 from pipeline.aws import AwsClients
@@ -29,6 +28,7 @@ from pipeline.models import Event, RawRecord
 from pipeline.stages.detect import build as build_detect
 from pipeline.stages.normalize import NormalizeStage
 from pipeline.trust import GuardDutyRefetcher, TrustChecker, TrustStage, build
+from tests.unit.cloudtrail_cases import derive, make_ctx, normalized
 
 TRUST_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "trust"
 
