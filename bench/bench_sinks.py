@@ -27,14 +27,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 HEC_TOKEN = "bench-token"
 DD_KEY = "bench-key"
 
 
 def _serve(conn: Connection) -> None:
-    from httpfakes import DatadogFake, SplunkHecFake
+    from tests.httpfakes import DatadogFake, SplunkHecFake
 
     async def main() -> None:
         async with SplunkHecFake(HEC_TOKEN) as hec, DatadogFake(DD_KEY) as dd:
@@ -47,14 +46,13 @@ def _serve(conn: Connection) -> None:
 
 
 async def run(args: argparse.Namespace, hec_url: str, dd_url: str) -> dict[str, Any]:
-    from sink_items import event, incident
-
     from pipeline.aws import AwsClients
     from pipeline.config import parse_config
     from pipeline.context import RuntimeContext
     from pipeline.serde import dumps
     from pipeline.state.memory import MemoryStore
     from sinks.fanout import build
+    from tests.sink_items import event, incident
 
     kinds = ["incident", "event"] if args.kind == "event" else ["incident"]
     common = {"routing": {"kinds": kinds}, "ledger": not args.no_ledger,

@@ -250,7 +250,12 @@ def test_poison_message_lands_in_dlq_with_its_reason(boto: Any, tmp_path: Path) 
     try:
         assert wait_for(lambda: len(read_jsonl_ids(out)) >= 3, 60)
         dead: list[dict[str, Any]] = []
-        assert wait_for(lambda: bool(dead.extend(drain_queue(sqs, dlq)) or dead), 30)
+
+        def dead_lettered() -> bool:
+            dead.extend(drain_queue(sqs, dlq))
+            return bool(dead)
+
+        assert wait_for(dead_lettered, 30)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

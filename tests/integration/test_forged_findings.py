@@ -30,7 +30,7 @@ DETECTOR = "c0b018e3eb2130078632d999e41d4f02"
 
 
 def finding_event(instance_id: str) -> dict[str, Any]:
-    event = orjson.loads(GUARDDUTY_EVENT.read_bytes())
+    event: dict[str, Any] = orjson.loads(GUARDDUTY_EVENT.read_bytes())
     detail = copy.deepcopy(event["detail"])
     finding_id = uuid.uuid4().hex
     detail.update({

@@ -43,7 +43,8 @@ def test_bad_config_is_a_precise_error(data: dict[str, Any], fragment: str) -> N
 
 
 def test_env_overrides_nest_index_lists_and_parse_json() -> None:
-    data = {"sources": [{"type": "sqs", "queue_url": "a"}], "service": {"concurrency": 4}}
+    data: dict[str, Any] = {"sources": [{"type": "sqs", "queue_url": "a"}],
+                            "service": {"concurrency": 4}}
     merged = apply_env_overrides(data, {
         "RIPOSTE__SERVICE__CONCURRENCY": "16",
         "RIPOSTE__SOURCES__0__QUEUE_URL": "https://queue",

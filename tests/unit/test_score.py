@@ -9,22 +9,6 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from test_correlate import (
-    ACCOUNT,
-    GD_TIME,
-    REGION,
-    T0,
-    FakeClock,
-    _load,
-    _normalize,
-    guardduty_on_pair,
-    insp_event,
-    inspector_pair_findings,
-    instance,
-    latest,
-    run,
-    stage,
-)
 
 from pipeline import metrics
 from pipeline.config import parse_config
@@ -42,6 +26,22 @@ from pipeline.models import (
 from pipeline.stages.score import ScoreStage, build
 from pipeline.stages.score_config import ScoreConfig
 from pipeline.state.memory import MemoryStore
+from tests.unit.test_correlate import (
+    ACCOUNT,
+    GD_TIME,
+    REGION,
+    T0,
+    FakeClock,
+    _load,
+    _normalize,
+    guardduty_on_pair,
+    insp_event,
+    inspector_pair_findings,
+    instance,
+    latest,
+    run,
+    stage,
+)
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 HOST = ResourceRef("ec2.instance", "i-0123456789abcdef0", None, "111122223333", "us-east-1")
@@ -272,7 +272,7 @@ def test_techniques_for_inspector_and_detections() -> None:
 
 
 async def test_derived_pair_scores_the_exploitable_correlation() -> None:
-    from test_correlate import derived
+    from tests.unit.test_correlate import derived
 
     scorer = ScoreStage(ScoreConfig())
     st_ = stage(MemoryStore(FakeClock()), window_seconds=7 * 86400)
