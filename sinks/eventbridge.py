@@ -27,6 +27,7 @@ from sinks._aws_errors import (
     healthcheck_error,
 )
 from sinks._items import encoded, item_time
+from sinks._packing import pack, send_packed
 from sinks.aws_config import EventBridgeSinkConfig
 from sinks.base import Rejected, SendResult
 
@@ -92,39 +93,13 @@ class EventBridgeSink:
         return entry
 
     async def send(self, batch: Sequence[Item]) -> SendResult:
-        rejected: list[Rejected] = []
-        requests: list[list[tuple[Item, dict[str, Any]]]] = []
-        current: list[tuple[Item, dict[str, Any]]] = []
-        current_bytes = 0
+        sized = []
         for item in batch:
             entry = self.entry(item)
-            size = entry_size(entry)
-            if size > MAX_REQUEST_BYTES:
-                log.warning("EventBridge entry too large", extra={
-                    "sink": self.name, "reason": reasons.ENTRY_TOO_LARGE, "bytes": size})
-                rejected.append(Rejected(item, reasons.ENTRY_TOO_LARGE,
-                                         f"{size} bytes > {MAX_REQUEST_BYTES} per request"))
-                continue
-            if current and (len(current) >= MAX_ENTRIES
-                            or current_bytes + size > MAX_REQUEST_BYTES):
-                requests.append(current)
-                current, current_bytes = [], 0
-            current.append((item, entry))
-            current_bytes += size
-        if current:
-            requests.append(current)
-
-        delivered: list[Item] = []
-        retry: list[Item] = []
-        error = ""
-        for request in requests:
-            d, r, j, request_error = await self._put(request)
-            delivered.extend(d)
-            retry.extend(r)
-            rejected.extend(j)
-            error = error or request_error
-        return SendResult(delivered=tuple(delivered), retry=tuple(retry),
-                          rejected=tuple(rejected), error=error)
+            sized.append((item, entry, entry_size(entry)))
+        requests, rejected = pack(sized, max_entries=MAX_ENTRIES, max_bytes=MAX_REQUEST_BYTES,
+                                  sink=self.name, unit="request")
+        return await send_packed(requests, rejected, self._put)
 
     async def _put(self, request: Sequence[tuple[Item, dict[str, Any]]]
                    ) -> tuple[list[Item], list[Item], list[Rejected], str]:

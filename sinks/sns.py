@@ -21,7 +21,6 @@ from typing import Any
 from pipeline.aws import AwsClients
 from pipeline.context import RuntimeContext
 from pipeline.models import ActionRecord, Event, Incident, Item, item_id, item_severity
-from sinks import reasons
 from sinks._aws_errors import (
     CallCounters,
     classify_code,
@@ -30,6 +29,7 @@ from sinks._aws_errors import (
     healthcheck_error,
 )
 from sinks._items import encoded
+from sinks._packing import pack, send_packed
 from sinks.aws_config import SnsSinkConfig
 from sinks.base import Rejected, SendResult
 
@@ -121,38 +121,10 @@ class SnsSink:
         return entry, size
 
     async def send(self, batch: Sequence[Item]) -> SendResult:
-        rejected: list[Rejected] = []
-        requests: list[list[tuple[Item, dict[str, Any]]]] = []
-        current: list[tuple[Item, dict[str, Any]]] = []
-        current_bytes = 0
-        for index, item in enumerate(batch):
-            entry, size = self.entry(item, index)
-            if size > MAX_REQUEST_BYTES:
-                log.warning("SNS entry too large", extra={
-                    "sink": self.name, "reason": reasons.ENTRY_TOO_LARGE, "bytes": size})
-                rejected.append(Rejected(item, reasons.ENTRY_TOO_LARGE,
-                                         f"{size} bytes > {MAX_REQUEST_BYTES} per message"))
-                continue
-            if current and (len(current) >= MAX_ENTRIES
-                            or current_bytes + size > MAX_REQUEST_BYTES):
-                requests.append(current)
-                current, current_bytes = [], 0
-            current.append((item, entry))
-            current_bytes += size
-        if current:
-            requests.append(current)
-
-        delivered: list[Item] = []
-        retry: list[Item] = []
-        error = ""
-        for request in requests:
-            d, r, j, request_error = await self._publish(request)
-            delivered.extend(d)
-            retry.extend(r)
-            rejected.extend(j)
-            error = error or request_error
-        return SendResult(delivered=tuple(delivered), retry=tuple(retry),
-                          rejected=tuple(rejected), error=error)
+        sized = [(item, *self.entry(item, index)) for index, item in enumerate(batch)]
+        requests, rejected = pack(sized, max_entries=MAX_ENTRIES, max_bytes=MAX_REQUEST_BYTES,
+                                  sink=self.name, unit="message")
+        return await send_packed(requests, rejected, self._publish)
 
     async def _publish(self, request: Sequence[tuple[Item, dict[str, Any]]]
                        ) -> tuple[list[Item], list[Item], list[Rejected], str]:
