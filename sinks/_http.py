@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
 import io
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -222,3 +223,26 @@ def merge(results: Sequence[SendResult]) -> SendResult:
         retry_after=max(hints) if hints else None,
         error=errors[0] if errors else "",
     )
+
+
+# Compressing a large body on the event loop would stall every other task for milliseconds.
+_THREAD_COMPRESS_BYTES = 256 * 1024
+
+
+async def gzip_body(body: bytes) -> bytes:
+    """gzip at level 5; bodies over 256 KiB are compressed off the event loop."""
+    if len(body) > _THREAD_COMPRESS_BYTES:
+        return await asyncio.to_thread(gzip.compress, body, 5)
+    return gzip.compress(body, 5)
+
+
+async def post_chunks(chunks: Sequence[tuple[list[Item], bytes]], rejected: Sequence[Rejected],
+                      post: Callable[[list[Item], bytes], Awaitable[SendResult]]) -> SendResult:
+    """Post every chunk concurrently and merge the outcomes with the entries refused
+    before sending (too large for the intake)."""
+    results = [SendResult(rejected=tuple(rejected),
+                          error=reasons.ENTRY_TOO_LARGE if rejected else "")]
+    if chunks:
+        results.extend(await asyncio.gather(*(post(items, body) for items, body in chunks)))
+    return merge(results)
+

@@ -13,8 +13,6 @@ its event time, and the whole item under ``riposte`` so it can be faceted.
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 import socket
 import time
 from collections.abc import Sequence
@@ -31,7 +29,6 @@ from sinks.config import DatadogSinkConfig
 
 LOGS_PATH = "/api/v2/logs"
 VALIDATE_PATH = "/api/v1/validate"
-_THREAD_COMPRESS_BYTES = 256 * 1024
 
 # Datadog log status names for Riposte severities.
 _STATUS = {
@@ -100,19 +97,11 @@ class DatadogLogsSink:
 
     async def send(self, batch: Sequence[Item]) -> SendResult:
         chunks, rejected = self._chunks(batch)
-        results = [SendResult(rejected=tuple(rejected),
-                              error=reasons.ENTRY_TOO_LARGE if rejected else "")]
-        if chunks:
-            results.extend(await asyncio.gather(*(self._post(items, body)
-                                                  for items, body in chunks)))
-        return _http.merge(results)
+        return await _http.post_chunks(chunks, rejected, self._post)
 
     async def _post(self, items: list[Item], body: bytes) -> SendResult:
         if self.config.gzip:
-            if len(body) > _THREAD_COMPRESS_BYTES:
-                body = await asyncio.to_thread(gzip.compress, body, 5)
-            else:
-                body = gzip.compress(body, 5)
+            body = await _http.gzip_body(body)
         result, _ = await _http.send(self._client, "POST", self.intake + LOGS_PATH, items,
                                      body=body, headers=self._headers)
         return result

@@ -15,7 +15,6 @@ may then index it twice, which is what HEC's at-least-once contract allows).
 from __future__ import annotations
 
 import asyncio
-import gzip
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,7 +33,6 @@ EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
 HEALTH_PATH = "/services/collector/health"
 # Payloads larger than this are compressed off the event loop.
-_THREAD_COMPRESS_BYTES = 256 * 1024
 
 
 class SplunkHecSink:
@@ -91,19 +89,11 @@ class SplunkHecSink:
 
     async def send(self, batch: Sequence[Item]) -> SendResult:
         chunks, rejected = self._chunks(batch)
-        results = [SendResult(rejected=tuple(rejected),
-                              error=reasons.ENTRY_TOO_LARGE if rejected else "")]
-        if chunks:
-            results.extend(await asyncio.gather(*(self._post(items, body)
-                                                  for items, body in chunks)))
-        return _http.merge(results)
+        return await _http.post_chunks(chunks, rejected, self._post)
 
     async def _post(self, items: list[Item], body: bytes) -> SendResult:
         if self.config.gzip:
-            if len(body) > _THREAD_COMPRESS_BYTES:
-                body = await asyncio.to_thread(gzip.compress, body, 5)
-            else:
-                body = gzip.compress(body, 5)
+            body = await _http.gzip_body(body)
         result, response = await _http.send(self._client, "POST", self.base + EVENT_PATH,
                                             items, body=body, headers=self._headers)
         if response is None or not result.delivered or not self.config.indexer_ack:
