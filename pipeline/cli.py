@@ -272,15 +272,25 @@ async def _replay(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(report.to_markdown(first), encoding="utf-8")
     (out / "report.html").write_text(report.to_html(first), encoding="utf-8")
     inputs = first["inputs"]
-    print(f"replay: {inputs['events']} events from {inputs['files']} inputs; "
-          f"{len(first['incidents'])} incidents, {len(first['actions'])} planned actions, "
-          f"{sum(inputs['errors'].values())} unreadable; report in {out}/")
+    line = {"events": inputs["events"], "inputs": inputs["files"],
+            "incidents": len(first["incidents"]), "actions": len(first["actions"]),
+            "held_for_approval": first["held_for_approval"],
+            "unreadable": sum(inputs["errors"].values()), "report": str(out)}
+    if not sys.stdout.isatty():  # piped or in CI: one JSON line a program can read
+        print(orjson.dumps({"replay": line}).decode())
+    else:
+        print(f"replay: {inputs['events']} events from {inputs['files']} inputs; "
+              f"{len(first['incidents'])} incidents, {len(first['actions'])} planned actions, "
+              f"{sum(inputs['errors'].values())} unreadable; report in {out}/")
     if args.compare:
         if opts.state_path and opts.state_path != ":memory:":
             raise ConfigError("--compare needs fresh state for each run; drop --state")
         second = report.build_report(await run_replay(_load(args.compare), opts))
         diff = report.compare_reports(first, second)
         (out / "compare.json").write_bytes(report.to_json(diff))
+        if not sys.stdout.isatty():
+            print(orjson.dumps({"compare": {k: len(v) for k, v in diff.items()}}).decode())
+            return EXIT_OK
         print(f"compare: {len(diff['incidents_only_in_a'])} incidents only with "
               f"{args.config or 'defaults'}, {len(diff['incidents_only_in_b'])} only with "
               f"{args.compare}; {len(diff['actions_only_in_a'])} / "
