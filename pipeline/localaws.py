@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 FAKE_ACCOUNT = "123456789012"
 FAKE_CREDENTIALS = {
@@ -24,21 +26,53 @@ FAKE_CREDENTIALS = {
 }
 
 
+class _SerializeDynamoDb:
+    """WSGI middleware: one DynamoDB request at a time.
+
+    DynamoDB applies each conditional write atomically; moto checks the condition
+    and then writes without a lock, so two concurrent requests to the threaded
+    server can both "win". Serializing DynamoDB requests restores the guarantee
+    that leases, ledgers and compare-and-set depend on. Other services are untouched.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            with self.lock:
+                # Consume the whole response inside the lock: moto may build it lazily.
+                return list(self.app(environ, start_response))
+        return self.app(environ, start_response)
+
+
 class LocalAws:
     """A running moto server and its endpoint URL."""
 
     def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
 
         # werkzeug logs every request at INFO; keep the demo's output readable.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        app = _SerializeDynamoDb(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server("127.0.0.1", 0, app, threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="local-aws")
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.endpoint_url = f"http://{host!s}:{port}"
 
     def stop(self) -> None:
-        self._server.stop()
+        self._server.shutdown()
+        self._thread.join(timeout=10)
+        self._server.server_close()
 
 
 def environment_for(endpoint_url: str) -> dict[str, str]:

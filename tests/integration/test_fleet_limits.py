@@ -2,9 +2,7 @@
 
 The containment blast-radius bucket lives in the state store, so however many
 workers handle incidents, no more than the configured number of actions happen
-per minute of event time; the rest wait for approval. Requests go to moto's
-DynamoDB one at a time here: moto applies conditional writes without a lock, so
-only DynamoDB itself can show truly concurrent writers (see docs/testing.md).
+per minute of event time; the rest wait for approval.
 """
 
 from __future__ import annotations

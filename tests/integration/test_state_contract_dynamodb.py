@@ -27,6 +27,7 @@ from tests.unit.test_state_contract import (
     FakeClock,
     test_compare_and_set,
     test_compare_and_set_on_expired_entry,
+    test_concurrent_cas_increments_lose_nothing,
     test_delete,
     test_delete_of_expired_entry_is_false,
     test_get_absent_is_none,
@@ -42,13 +43,13 @@ from tests.unit.test_state_contract import (
 
 pytestmark = pytest.mark.integration
 
-# Collected here too, against the two-worker store below. Not the concurrent-increment
-# check: moto's server evaluates a condition and then writes without a lock, so truly
-# simultaneous compare-and-sets can both succeed there (a lost update, seen in about one
-# run in five with two clients), which DynamoDB itself never allows. See docs/fleet.md.
+# Collected here too, against the two-worker store below, concurrent increments included:
+# the test stand-in serializes DynamoDB requests, restoring the atomicity of conditional
+# writes that DynamoDB guarantees and moto alone lacks (see docs/testing.md).
 CONTRACT = (
     test_compare_and_set,
     test_compare_and_set_on_expired_entry,
+    test_concurrent_cas_increments_lose_nothing,
     test_delete,
     test_delete_of_expired_entry_is_false,
     test_get_absent_is_none,
@@ -127,13 +128,7 @@ async def store(workers: list[DynamoDbStore]) -> AsyncIterator[StateStore]:
 
 async def test_a_claim_by_one_worker_holds_against_the_other(
         workers: list[DynamoDbStore]) -> None:
-    """Claims interleaved between two workers, one call at a time.
-
-    Not a true race: moto's server evaluates a condition and then writes without a lock,
-    so two simultaneous conditional writes to one absent key can both succeed there (seen
-    in about 1 of 40 tries), which DynamoDB itself never allows. The interleavings that
-    moto does honour are checked here; the fleet tests cover concurrent use end to end.
-    """
+    """Claims interleaved between two workers: the second claim of a key always loses."""
     a, b = workers
     for n in range(5):
         key = f"ledger:claim-{n}"

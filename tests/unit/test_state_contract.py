@@ -214,11 +214,6 @@ async def test_scan_limit_and_expiry(store: StateStore, clock: FakeClock) -> Non
 
 
 async def test_concurrent_cas_increments_lose_nothing(store: StateStore) -> None:
-    if type(store).__name__ == "DynamoDbStore":
-        pytest.skip("moto's DynamoDB applies conditional writes without a lock, so concurrent "
-                    "requests to the stand-in can race; DynamoDB itself makes each conditional "
-                    "write atomic (the sequential conflict cases above run against it)")
-
     async def bump(times: int) -> None:
         for _ in range(times):
             while True:
