@@ -39,9 +39,15 @@ class AwsClients:
 
     async def client(self, service: str, *, region: str | None = None,
                      credentials: dict[str, str] | None = None,
-                     cache_key: str = "", read_timeout: float | None = None) -> Any:
-        """A cached client. ``credentials`` (from an assumed role) need a ``cache_key``."""
-        key = (service, region or self.region, cache_key)
+                     cache_key: str = "", read_timeout: float | None = None,
+                     validate: bool = True) -> Any:
+        """A cached client. ``credentials`` (from an assumed role) need a ``cache_key``.
+
+        ``validate=False`` skips botocore's client-side parameter validation, for callers
+        that validate their requests themselves on a hot path (the Security Hub sink
+        checks every ASFF finding before sending it).
+        """
+        key = (service, region or self.region, cache_key if validate else f"{cache_key}#nv")
         existing = self._clients.get(key)
         if existing is not None:
             return existing
@@ -59,6 +65,8 @@ class AwsClients:
             config = self._config
             if read_timeout is not None:
                 config = config.merge(AioConfig(read_timeout=read_timeout))
+            if not validate:
+                config = config.merge(AioConfig(parameter_validation=False))
             created = await self._stack.enter_async_context(
                 self.session.create_client(service, region_name=key[1], config=config, **kwargs)
             )

@@ -16,10 +16,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline import metrics
 from pipeline.errors import attach_component
+
+_DEFERRED: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("riposte_deferred",
+                                                                      default=None)
+
+
+def defer(waiting: asyncio.Future[Any]) -> bool:
+    """Let the chain wait for ``waiting`` after the message's lanes are released.
+
+    A stage whose work ends in waiting for someone else (the fan-out waiting for
+    sinks to accept its items) hands that wait to the chain instead of holding the
+    lane through it, so the next item about the same resource can start. The
+    message still succeeds only if the deferred wait does. Returns False outside a
+    chain run (replay, tests): the caller then waits itself.
+    """
+    pending = _DEFERRED.get()
+    if pending is None:
+        return False
+    pending.append(waiting)
+    return True
 
 
 @runtime_checkable
@@ -112,8 +132,28 @@ class Chain:
         """Run one input item through the whole chain; returns what the last stage emitted.
 
         Raises a ``RiposteError`` naming the failing stage. Items of one message
-        that belong to different lanes run concurrently; all must succeed.
+        that belong to different lanes run concurrently; all must succeed, and so
+        must every wait a stage deferred (see ``defer``).
         """
+        deferred: list[asyncio.Future[Any]] = []
+        token = _DEFERRED.set(deferred)
+        try:
+            result = await self._run(item)
+        except BaseException:
+            for waiting in deferred:
+                waiting.cancel()
+            await asyncio.gather(*deferred, return_exceptions=True)
+            raise
+        finally:
+            _DEFERRED.reset(token)
+        if deferred:
+            outcomes = await asyncio.gather(*deferred, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise attach_component(outcome, "deferred") from outcome
+        return result
+
+    async def _run(self, item: Any) -> list[Any]:
         items = await self._run_stages(self.prefix, [item])
         if not items or not self.laned:
             return items

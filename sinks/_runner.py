@@ -166,16 +166,6 @@ class SinkRunner:
         # Registered before the first await, so a concurrent duplicate shares this future.
         self._inflight[key] = future
         future.add_done_callback(functools.partial(self._forget, key))
-        try:
-            seen = self.ledger is not None and await self.ledger.delivered(self.name, item)
-        except Exception as exc:
-            # The ledger only prevents duplicates; without it, send (at-least-once).
-            log.warning("delivery ledger read failed; sending anyway",
-                        extra={"sink": self.name, "item_id": key, "error": repr(exc)})
-            seen = False
-        if seen:
-            future.set_result(Outcome.ALREADY_DELIVERED)
-            return future
         if self.stopped is not None:
             await self._reject_stopped([item])
             future.set_result(Outcome.REJECTED)
@@ -231,8 +221,27 @@ class SinkRunner:
                     counted = True
                 await asyncio.sleep(poll)
 
+    async def _already_delivered(self, batch: list[_Ticket]) -> list[_Ticket]:
+        """Settle the tickets this sink accepted before (a redelivery); return the rest."""
+        if self.ledger is None:
+            return batch
+        try:
+            seen = await self.ledger.delivered_many(self.name, [t.item for t in batch])
+        except Exception as exc:
+            # The ledger only prevents duplicates; without it, send (at-least-once).
+            log.warning("delivery ledger read failed; sending anyway",
+                        extra={"sink": self.name, "items": len(batch), "error": repr(exc)})
+            return batch
+        if not seen:
+            return batch
+        self._settle([t for t in batch if t.key in seen], Outcome.ALREADY_DELIVERED)
+        return [t for t in batch if t.key not in seen]
+
     async def _run_batch(self, batch: list[_Ticket]) -> None:
         try:
+            batch = await self._already_delivered(batch)
+            if not batch:
+                return
             async with self._sem:
                 await self._deliver(batch)
         except asyncio.CancelledError:

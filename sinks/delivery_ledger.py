@@ -2,15 +2,15 @@
 
 A message is redelivered when any required sink failed, so the sinks that had
 already accepted its items would otherwise receive them twice. After a sink
-accepts an item the fan-out writes ``delivered:<sink>:<item_id>`` (put-if-absent,
-with a TTL longer than any queue's retention); before sending it looks the key up.
+accepts a batch the fan-out writes ``delivered:<sink>:<item_id>`` for each item (one
+``put_many``, with a TTL longer than any queue's retention); before sending a batch
+it looks all its keys up at once (``get_many``).
 Items a sink refused for good are written as ``deadletter:sink:<sink>:<item_id>``
 with the intake's answer, so nothing refused is lost silently.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -48,19 +48,24 @@ class DeliveryLedger:
         """True when ``sink`` already accepted this item revision."""
         return await self.store.get(delivered_key(sink, item), consistent=False) is not None
 
+    async def delivered_many(self, sink: str, items: Sequence[Item]) -> set[str]:
+        """The ids of the items ``sink`` already accepted: one store round trip a batch."""
+        keys = {delivered_key(sink, it): item_id(it) for it in items}
+        found = await self.store.get_many(list(keys))
+        return {keys[k] for k in found}
+
     async def record_delivered(self, sink: str, items: Sequence[Item], *,
                                ttl: float | None = None) -> None:
         """Remember deliveries; a failed write only risks a duplicate, so it is logged."""
+        if not items:
+            return
         now = self.clock.now()
-        results = await asyncio.gather(
-            *(self.store.put_if_absent(delivered_key(sink, it), {"at": now},
-                                       ttl=ttl or self.ttl) for it in items),
-            return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
+        try:
+            await self.store.put_many([(delivered_key(sink, it), {"at": now}) for it in items],
+                                      ttl=ttl or self.ttl)
+        except Exception as exc:
             log.warning("delivery ledger write failed; a redelivery may send duplicates",
-                        extra={"sink": sink, "failures": len(failures),
-                               "error": repr(failures[0])})
+                        extra={"sink": sink, "failures": len(items), "error": repr(exc)})
 
     async def record_rejected(self, sink: str, rejected: Sequence[Rejected]) -> None:
         now = self.clock.now()

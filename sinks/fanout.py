@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.chain import defer
 from pipeline.context import RuntimeContext
 from pipeline.errors import ConfigError, RetriableError
 from pipeline.models import (
@@ -143,6 +144,16 @@ class FanoutStage:
                 waits.append((runner, future))
         if not waits:
             return []
+        # Waiting for the sinks happens after the item's lane is released when the chain
+        # allows it: a sink's linger must not serialize every event about one resource.
+        waiting = asyncio.ensure_future(self._accepted(item, waits))
+        if not defer(waiting):
+            await waiting
+        return []
+
+    async def _accepted(self, item: Item,
+                        waits: list[tuple[SinkRunner, asyncio.Future[Outcome]]]) -> None:
+        """Return once every required sink accepted (or refused for good) ``item``."""
         pending = [f for _, f in waits if not f.done()]
         if pending:
             await asyncio.wait(pending, timeout=self._wait)
@@ -153,7 +164,6 @@ class FanoutStage:
                 f"{item_id(item)} not accepted within the retry budget of sink(s) "
                 f"{', '.join(missing)}; releasing the message for redelivery",
                 reason="sink_unavailable", component=missing[0])
-        return []
 
     async def aclose(self, deadline: float | None = None) -> None:
         """Flush every batcher (bounded by ``deadline`` seconds overall), then close sinks.

@@ -92,7 +92,9 @@ class SecurityHubSink:
                                       name=limiter)
 
     async def _client(self) -> Any:
-        return await self.aws.client("securityhub", region=self.region)
+        # Every finding is validated as ASFF before it is sent (sinks.asff.validate), so
+        # botocore's second, generic validation of each 100-finding request is skipped.
+        return await self.aws.client("securityhub", region=self.region, validate=False)
 
     async def asff_context(self) -> asff.AsffContext:
         """Account and product ARN, resolved once (STS when the config does not say)."""

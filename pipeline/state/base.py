@@ -14,6 +14,7 @@ contract must not depend on prompt deletion).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,6 +55,19 @@ class StateStore(Protocol):
 
     async def scan(self, prefix: str, *, limit: int | None = None) -> list[Stored]:
         """Live entries whose key starts with ``prefix``, in key order."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Stored]:
+        """The live entries among ``keys`` (absent and expired ones are left out).
+
+        One round trip where the store allows it: hot paths that look up a whole
+        batch (the delivery ledger) use this instead of one ``get`` per key.
+        """
+        ...
+
+    async def put_many(self, entries: Sequence[tuple[str, dict[str, Any]]], *,
+                       ttl: float | None = None) -> None:
+        """Unconditional writes of several entries, each like ``put``."""
         ...
 
     async def aclose(self) -> None: ...

@@ -21,7 +21,9 @@ ledgers) is strongly consistent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -32,6 +34,9 @@ from pipeline.errors import RetriableError
 from pipeline.state.base import Stored
 
 log = logging.getLogger(__name__)
+
+# BatchGetItem answers may leave keys unprocessed under load; ask again this many times.
+_BATCH_ATTEMPTS = 5
 
 _RETRIABLE_CODES = frozenset({
     "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
@@ -218,6 +223,43 @@ class DynamoDbStore:
                 break
             kwargs["ExclusiveStartKey"] = last
         return sorted(out, key=lambda s: s.key)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Stored]:
+        """BatchGetItem, 100 keys a call, consistent reads, unprocessed keys retried."""
+        found: dict[str, Stored] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 100):
+            request: dict[str, Any] = {self.table: {
+                "Keys": [self._item_key(k) for k in unique[start:start + 100]],
+                "ConsistentRead": True}}
+            for _ in range(_BATCH_ATTEMPTS):
+                answer = await self._batch("batch_get_item", RequestItems=request)
+                for item in answer.get("Responses", {}).get(self.table, []):
+                    stored = self._stored(item)
+                    if stored is not None:
+                        found[stored.key] = stored
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+            else:
+                raise RetriableError("dynamodb batch_get_item left keys unprocessed",
+                                     reason="state_throttled", component="state")
+        return found
+
+    async def put_many(self, entries: Sequence[tuple[str, dict[str, Any]]], *,
+                       ttl: float | None = None) -> None:
+        # Each write bumps its own version, which BatchWriteItem cannot do: concurrent
+        # UpdateItem calls instead (the client pools connections).
+        await asyncio.gather(*(self.put(k, v, ttl=ttl) for k, v in entries))
+
+    async def _batch(self, op: str, **kwargs: Any) -> Any:
+        try:
+            return await getattr(self.client, op)(**kwargs)
+        except Exception as exc:
+            if _code(exc) in _RETRIABLE_CODES:
+                raise RetriableError(f"dynamodb {op}: {_code(exc)}", reason="state_throttled",
+                                     component="state") from exc
+            raise
 
     async def aclose(self) -> None:
         # The client belongs to AwsClients, which closes it.

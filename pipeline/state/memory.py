@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.clock import WALL_CLOCK, Clock
@@ -77,6 +78,19 @@ class MemoryStore:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Stored]:
+        found = {}
+        for key in keys:
+            entry = await self.get(key)
+            if entry is not None:
+                found[key] = entry
+        return found
+
+    async def put_many(self, entries: Sequence[tuple[str, dict[str, Any]]], *,
+                       ttl: float | None = None) -> None:
+        for key, value in entries:
+            await self.put(key, value, ttl=ttl)
 
     async def aclose(self) -> None:
         return None

@@ -28,7 +28,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +63,9 @@ _SQL_PUT = (
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, "
     "expires_at = excluded.expires_at RETURNING version"
 )
+_SQL_PUT_NO_RETURN = _SQL_PUT.removesuffix(" RETURNING version")
+# Keys per IN (...) lookup: well under SQLite's limit on bound parameters.
+_MANY_CHUNK = 500
 # Absent, or present but expired: the conflict branch only fires for an expired row.
 _SQL_PUT_IF_ABSENT = (
     "INSERT INTO kv (key, value, version, expires_at) VALUES (:key, :value, 1, :exp) "
@@ -279,6 +282,29 @@ class SqliteStore:
             rows = self._db().execute(_SQL_SCAN, {**params, "hi": hi}).fetchall()
         return [self._row(k, v, ver, exp) for k, v, ver, exp in rows]
 
+    def _get_many(self, keys: Sequence[str], now: float) -> dict[str, Stored]:
+        found: dict[str, Stored] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _MANY_CHUNK):
+            chunk = unique[start:start + _MANY_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db().execute(
+                "SELECT key, value, version, expires_at FROM kv WHERE key IN "  # noqa: S608
+                f"({marks}) AND (expires_at IS NULL OR expires_at > ?)", (*chunk, now))
+            for k, v, ver, exp in rows:
+                found[k] = self._row(k, v, ver, exp)
+        return found
+
+    def _put_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(_SQL_PUT_NO_RETURN, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     def _purge(self, now: float) -> int:
         return self._db().execute(_SQL_PURGE, {"now": now}).rowcount
 
@@ -320,6 +346,19 @@ class SqliteStore:
         if limit is not None and limit <= 0:
             return []
         return await self._call(self._scan, prefix, limit, self.clock.now())
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Stored]:
+        if not keys:
+            return {}
+        return await self._call(self._get_many, list(keys), self.clock.now())
+
+    async def put_many(self, entries: Sequence[tuple[str, dict[str, Any]]], *,
+                       ttl: float | None = None) -> None:
+        if not entries:
+            return
+        expires = self._expiry(ttl)
+        rows = [{"key": k, "value": orjson.dumps(v), "exp": expires} for k, v in entries]
+        await self._call(self._put_many, rows)
 
     async def purge_expired(self) -> int:
         """Delete rows whose TTL has passed (reads already ignore them); returns how many."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from itertools import cycle
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tests.unit.test_state_contract import (
     test_delete,
     test_delete_of_expired_entry_is_false,
     test_get_absent_is_none,
+    test_get_many_and_put_many,
     test_put_if_absent,
     test_put_if_absent_replaces_an_expired_entry,
     test_put_then_get_round_trips_json_and_bumps_version,
@@ -53,6 +54,7 @@ CONTRACT = (
     test_delete,
     test_delete_of_expired_entry_is_false,
     test_get_absent_is_none,
+    test_get_many_and_put_many,
     test_put_if_absent,
     test_put_if_absent_replaces_an_expired_entry,
     test_put_then_get_round_trips_json_and_bumps_version,
@@ -93,6 +95,13 @@ class TwoWorkers:
 
     async def scan(self, prefix: str, *, limit: int | None = None) -> list[Stored]:
         return await self._pick().scan(prefix, limit=limit)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Stored]:
+        return await self._pick().get_many(keys)
+
+    async def put_many(self, entries: Sequence[tuple[str, dict[str, Any]]], *,
+                       ttl: float | None = None) -> None:
+        await self._pick().put_many(entries, ttl=ttl)
 
     async def aclose(self) -> None:
         for store in self.stores:

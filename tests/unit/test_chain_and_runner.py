@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.chain import Chain, Lanes
+from pipeline.chain import Chain, Lanes, defer
 from pipeline.errors import PermanentError, RetriableError
 from pipeline.sources.base import InFlightBudget, Message, Outcome, OutcomeKind
 from pipeline.worker import Runner
@@ -268,3 +268,36 @@ async def test_a_failing_source_stops_the_service_and_is_reported() -> None:
     assert stats.failed_sources == ["consume:list"]
     assert not runner.ready
     assert source.settled["m0"].kind is OutcomeKind.ACK, "what was received is still finished"
+
+
+async def test_deferred_waits_release_the_lane_but_hold_the_message() -> None:
+    """A stage that waits on someone else (the fan-out on its sinks) defers the wait:
+    the next item about the same resource starts at once, yet each message still
+    completes only when its own wait does, and fails if that wait fails."""
+    gates: dict[int, asyncio.Future[None]] = {}
+    entered: list[int] = []
+
+    class Deliver:
+        name = "deliver"
+
+        async def process(self, item: Any) -> Sequence[Any]:
+            entered.append(item.n)
+            gate = asyncio.get_running_loop().create_future()
+            gates[item.n] = gate
+            assert defer(gate)
+            return []
+
+    chain = Chain([Split()], [Deliver()])
+    first = asyncio.create_task(chain.run(msg("a1", "m1")))
+    second = asyncio.create_task(chain.run(msg("a2", "m2")))
+    await asyncio.sleep(0.01)
+    assert entered == [1, 2], "the lane was free while message 1 waited on its delivery"
+    assert not first.done() and not second.done()
+    gates[1].set_result(None)
+    gates[2].set_exception(RetriableError("sink down", reason="sink_unavailable",
+                                          component="splunk"))
+    assert await first == []
+    with pytest.raises(RetriableError) as info:
+        await second
+    assert info.value.component == "splunk"
+    assert not defer(asyncio.get_running_loop().create_future()), "outside a chain run"

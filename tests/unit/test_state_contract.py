@@ -226,3 +226,18 @@ async def test_concurrent_cas_increments_lose_nothing(store: StateStore) -> None
     await asyncio.gather(*(bump(25) for _ in range(4)))
     got = await store.get("counter")
     assert got is not None and got.value["n"] == 100 and got.version == 100
+
+
+async def test_get_many_and_put_many(store: StateStore, clock: FakeClock) -> None:
+    assert await store.get_many([]) == {}
+    await store.put("m:a", {"n": 1})
+    await store.put_many([("m:b", {"n": 2}), ("m:a", {"n": 3})], ttl=10)
+    await store.put_many([])
+    found = await store.get_many(["m:a", "m:b", "m:missing", "m:a"])
+    assert {k: v.value for k, v in found.items()} == {"m:a": {"n": 3}, "m:b": {"n": 2}}
+    assert found["m:a"].version == 2, "put_many bumps versions like put"
+    keys = [f"m:k{i:04d}" for i in range(620)]  # more than one round trip's worth
+    await store.put_many([(k, {"k": k}) for k in keys])
+    assert len(await store.get_many(keys)) == 620
+    clock.advance(11)
+    assert set(await store.get_many(["m:a", "m:b"])) == set(), "expired entries are left out"
