@@ -141,8 +141,10 @@ class ServiceConfig(Strict):
     region: str | None = None
     # Messages received but not settled, across all sources: the backpressure limit.
     in_flight_limit: int = Field(1000, ge=1, le=100_000)
-    # Messages worked on concurrently.
-    concurrency: int = Field(64, ge=1, le=10_000)
+    # Messages worked on concurrently. A message holds its worker until every required
+    # sink accepted its items, so this bounds throughput at concurrency / sink linger
+    # (1,000 / 1 s for Security Hub's default batching): keep it near in_flight_limit.
+    concurrency: int = Field(1000, ge=1, le=10_000)
     # Larger message bodies are dead-lettered as "oversized" (SQS allows 1 MiB).
     max_message_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     # A CloudTrail log file named by an S3 notification may be large; cap what we fetch.
