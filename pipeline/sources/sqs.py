@@ -32,7 +32,6 @@ pending deletes and makes every message that was never settled visible again
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -419,18 +418,28 @@ class SqsSource:
         linger = self.config.delete_batch_linger
         while True:
             await self._delete_wake.wait()
-            if linger > 0 and len(self._pending_deletes) < _BATCH and not self._closing:
-                with contextlib.suppress(TimeoutError):
+            lingered = linger <= 0
+            if not lingered and len(self._pending_deletes) < _BATCH and not self._closing:
+                try:
                     async with asyncio.timeout(linger):
                         await self._delete_full.wait()
+                except TimeoutError:
+                    lingered = True
             self._delete_wake.clear()
             self._delete_full.clear()
-            await self._flush_deletes()
+            # Only whole batches of 10 go out until the linger is up: a remainder sent at
+            # once would make two calls where one will do (a delete costs as much CPU as
+            # a receive). The remainder waits for the next ten, or its own linger.
+            await self._flush_deletes(whole_batches_only=not (lingered or self._closing))
+            if self._pending_deletes:
+                self._delete_wake.set()
             if self._closing and not self._pending_deletes:
                 return
 
-    async def _flush_deletes(self) -> None:
-        pending, self._pending_deletes = self._pending_deletes, []
+    async def _flush_deletes(self, *, whole_batches_only: bool = False) -> None:
+        pending = self._pending_deletes
+        cut = len(pending) - len(pending) % _BATCH if whole_batches_only else len(pending)
+        pending, self._pending_deletes = pending[:cut], pending[cut:]
         if pending:
             await asyncio.gather(*(self._delete_batch(chunk) for chunk in _chunks(pending)))
         self._delete_done.set()
