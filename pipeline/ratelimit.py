@@ -77,9 +77,17 @@ class SharedTokenBucket:
         self.burst = burst
         self.clock = clock
         self.max_attempts = max_attempts
+        # Callers in this process take turns; compare-and-set arbitrates between processes.
+        # Without it, concurrent callers here would mostly lose CAS races to each other and
+        # run out of attempts with tokens still in the bucket.
+        self._local = asyncio.Lock()
 
     async def try_acquire(self, n: float = 1) -> bool:
-        """Take ``n`` tokens if the shared bucket has them; never waits."""
+        """Take ``n`` tokens if the shared bucket has them; never waits for a refill."""
+        async with self._local:
+            return await self._try_acquire(n)
+
+    async def _try_acquire(self, n: float) -> bool:
         for _ in range(self.max_attempts):
             now = self.clock.now()
             current = await self.store.get(self.key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -92,3 +93,19 @@ def test_bad_json_is_poison(raw: bytes, reason: str) -> None:
     assert info.value.reason == reason
     with pytest.raises(PermanentError, match="expected a JSON object"):
         serde.loads_object(b"[1]")
+
+
+async def test_concurrent_callers_in_one_process_never_see_a_full_bucket_as_empty(
+        tmp_path: Any) -> None:
+    """Many concurrent incidents in one worker: exactly the burst is granted, no fewer."""
+    from pipeline.state.sqlite import SqliteStore
+
+    clock = EventTimeClock(1000.0)
+    store = await SqliteStore.open(str(tmp_path / "state.db"), clock=clock)
+    try:
+        bucket = SharedTokenBucket(store, "contain", rate=1 / 60, burst=20, clock=clock,
+                                   max_attempts=3)
+        granted = await asyncio.gather(*(bucket.try_acquire() for _ in range(60)))
+    finally:
+        await store.aclose()
+    assert sum(granted) == 20
