@@ -59,8 +59,7 @@ class FakeClock:
 # --- fixtures from the real samples ------------------------------------------------------------
 def _load(rel: str) -> dict[str, Any]:
     path = SAMPLES / rel
-    if not path.exists():
-        pytest.skip(f"sample fixture {rel} is not in tests/fixtures/samples")
+    assert path.exists(), f"sample fixture {rel} is missing from tests/fixtures/samples"
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
@@ -191,8 +190,7 @@ DERIVED_FILES = {
 
 def derived(name: str) -> Event:
     path = DERIVED / DERIVED_FILES[name]
-    if not path.exists():
-        pytest.skip(f"derived fixture {path.name} missing")
+    assert path.exists(), f"derived fixture {path.name} is missing from tests/fixtures/derived"
     (event,) = _normalize(json.loads(path.read_text()))
     return event
 
