@@ -74,8 +74,8 @@ def boto(moto_server: str) -> Any:
     """A factory for synchronous boto3 clients against the moto server (test set-up)."""
 
     def make(service: str, region: str = "us-east-1", **kwargs: Any) -> Any:
-        client: Any = boto3.client(service, region_name=region,  # type: ignore[call-overload]
-                                   endpoint_url=moto_server, **kwargs)
+        client: Any = boto3.client(service, region_name=region, endpoint_url=moto_server,
+                                   **kwargs)
         return client
 
     return make
