@@ -19,8 +19,8 @@ What the local AWS stand-in (moto 5.2 server) cannot show, and how the tests cop
 - Deleting a NACL entry that does not exist is a 500 in moto; rollback deletes
   only entries it finds, so it never asks.
 - IAM denies and inactive keys are not enforced by moto: tests check state only.
-- Route 53 Resolver DNS Firewall is missing (500): ``dns.block_domain`` plans
-  but refuses to apply in enforce mode, since it is untested.
+- Route 53 Resolver DNS Firewall is missing (500): ``dns.block_domain`` is tested
+  against a local fake of its JSON API instead.
 - moto never throttles and does not deny: throttling and AccessDenied are tested
   against a local fake of the IAM query API.
 """

@@ -394,23 +394,6 @@ async def test_approval_refuses_a_plan_whose_resource_changed(boto: Any, aws: An
         await ops.rollback(ctx, action_id=rec.id)
 
 
-async def test_dns_block_domain_is_planned_but_refused_in_enforce(boto: Any, aws: Any) -> None:
-    ids_instance = ResourceRef(type="ec2.instance", id="i-0aaaabbbbccccdddd", account=HOME,
-                               region=REGION)
-    spec = [{"kind": "dns.block_domain", "settings": {"firewall_domain_list_id": "rslvr-fdl-1"}}]
-    inc = incident(ids_instance, finding_type="Backdoor:EC2/C&CActivity.B!DNS",
-                   attributes={"domain": "Evil.Example.COM."})
-    dry = context(containment(spec, mode="dry-run"), MemoryStore(), aws, FixedClock())
-    (planned,) = records(await build(dry.config, dry).process(inc))
-    assert planned.status == ActionStatus.PLANNED
-    assert planned.calls[0].params == {"FirewallDomainListId": "rslvr-fdl-1", "Operation": "ADD",
-                                       "Domains": ["evil.example.com."]}
-    assert "untested" in planned.reason
-    enf = context(containment(spec), MemoryStore(), aws, FixedClock())
-    (refused,) = records(await build(enf.config, enf).process(inc))
-    assert refused.status == ActionStatus.FAILED and "moto lacks" in refused.reason
-
-
 # --- AWS errors, from a local fake of the IAM query API -------------------------------------
 class FakeIam:
     """IAM's query API for one user's key: reads answer from state; ``fail_on`` (None = every
