@@ -1,9 +1,11 @@
-"""Packing a batch into API requests bounded by entry count and bytes, and sending them.
+"""Packing a batch into API requests bounded by entry count and bytes, sending them,
+and sorting each request's answer.
 
-SNS ``PublishBatch`` and EventBridge ``PutEvents`` share the same shape: at most N
-entries and B bytes per request, an entry larger than B can never be sent (it is
-rejected with a reason, not retried), and each request's per-entry answer is
-classified on its own. This module does the packing and the loop once.
+SNS ``PublishBatch``, EventBridge ``PutEvents`` and Security Hub
+``BatchImportFindings`` share one shape: at most N entries and B bytes per request,
+an entry larger than B can never be sent (it is rejected with a reason, not
+retried), a whole request can fail, and otherwise each entry's answer is classified
+on its own. This module does the packing, the loop and the sorting once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from pipeline.models import Item
 from sinks import reasons
+from sinks._aws_errors import AwsFailure, CallCounters, classify_exception, error_text
 from sinks.base import Rejected, SendResult
 
 log = logging.getLogger(__name__)
@@ -61,3 +64,39 @@ async def send_packed(requests: Sequence[Sequence[Entry]], rejected: list[Reject
         error = error or request_error
     return SendResult(delivered=tuple(delivered), retry=tuple(retry),
                       rejected=tuple(rejected), error=error)
+
+
+class Answer:
+    """Sorts one request's items into delivered, retry and rejected as AWS answered."""
+
+    def __init__(self) -> None:
+        self.delivered: list[Item] = []
+        self.retry: list[Item] = []
+        self.rejected: list[Rejected] = []
+        self.error = ""
+
+    def accepted(self, items: Sequence[Item]) -> None:
+        self.delivered.extend(items)
+
+    def failed(self, items: Sequence[Item], failure: AwsFailure) -> None:
+        """Transient failures are retried (the first one's text is kept); others rejected."""
+        if failure.retry:
+            self.retry.extend(items)
+            self.error = self.error or error_text(failure)
+        else:
+            self.rejected.extend(Rejected(i, failure.reason, failure.message) for i in items)
+
+    def result(self) -> RequestResult:
+        return self.delivered, self.retry, self.rejected, self.error
+
+
+def request_failed(exc: BaseException, items: Sequence[Item], calls: CallCounters, *,
+                   sink: str, operation: str, **log_extra: Any) -> RequestResult:
+    """A whole request raised: count it, log it, and retry or reject every item in it."""
+    failure = classify_exception(exc)
+    calls.failed(failure)
+    log.warning("%s failed", operation, extra={
+        "sink": sink, "reason": failure.reason, "retry": failure.retry, **log_extra})
+    answer = Answer()
+    answer.failed(items, failure)
+    return answer.result()

@@ -22,12 +22,10 @@ from sinks import reasons
 from sinks._aws_errors import (
     CallCounters,
     classify_code,
-    classify_exception,
-    error_text,
     healthcheck_error,
 )
 from sinks._items import encoded, item_time
-from sinks._packing import pack, send_packed
+from sinks._packing import Answer, pack, request_failed, send_packed
 from sinks.aws_config import EventBridgeSinkConfig
 from sinks.base import Rejected, SendResult
 
@@ -108,13 +106,8 @@ class EventBridgeSink:
         try:
             response = await client.put_events(Entries=[e for _, e in request])
         except Exception as exc:
-            failure = classify_exception(exc)
-            self._calls.failed(failure)
-            log.warning("PutEvents failed", extra={
-                "sink": self.name, "reason": failure.reason, "retry": failure.retry})
-            if failure.retry:
-                return [], items, [], error_text(failure)
-            return [], [], [Rejected(i, failure.reason, failure.message) for i in items], ""
+            return request_failed(exc, items, self._calls, sink=self.name,
+                                  operation="PutEvents")
         results = list(response.get("Entries") or ())
         failed_count = int(response.get("FailedEntryCount") or 0)
         if len(results) != len(items):
@@ -126,24 +119,17 @@ class EventBridgeSink:
             return [], items, [], (f"{reasons.SERVER_ERROR}: PutEvents answered "
                                    f"{len(results)} entries for {len(items)}")
         self._calls.count("partial" if failed_count else "ok")
-        delivered: list[Item] = []
-        retry: list[Item] = []
-        rejected: list[Rejected] = []
-        error = ""
+        answer = Answer()
         for item, result in zip(items, results, strict=True):
             code = result.get("ErrorCode")
             if not code and result.get("EventId"):
-                delivered.append(item)
+                answer.accepted([item])
                 continue
             failure = classify_code(code, message=result.get("ErrorMessage", ""))
             log.warning("EventBridge entry failed", extra={
                 "sink": self.name, "reason": failure.reason, "retry": failure.retry})
-            if failure.retry:
-                retry.append(item)
-                error = error or error_text(failure)
-            else:
-                rejected.append(Rejected(item, failure.reason, failure.message))
-        return delivered, retry, rejected, error
+            answer.failed([item], failure)
+        return answer.result()
 
     async def healthcheck(self) -> None:
         """DescribeEventBus: the bus exists and these credentials may see it."""

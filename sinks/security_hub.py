@@ -35,6 +35,7 @@ from sinks._aws_errors import (
     error_text,
     healthcheck_error,
 )
+from sinks._packing import Answer, request_failed
 from sinks.aws_config import SecurityHubSinkConfig
 from sinks.base import Rejected, SendResult
 
@@ -209,35 +210,22 @@ class SecurityHubSink:
                     f"{reasons.THROTTLED}: the shared Security Hub rate limit stayed empty")
             response = await client.batch_import_findings(Findings=[p.finding for p in chunk])
         except Exception as exc:
-            failure = classify_exception(exc)
-            self._calls.failed(failure)
-            log.warning("BatchImportFindings failed", extra={
-                "sink": self.name, "reason": failure.reason, "retry": failure.retry,
-                "findings": len(chunk)})
-            result = _all(every, failure)
-            return [], list(result.retry), list(result.rejected), (
-                error_text(failure) if failure.retry else "")
+            return request_failed(exc, every, self._calls, sink=self.name,
+                                  operation="BatchImportFindings", findings=len(chunk))
         failed = {f.get("Id", ""): f for f in response.get("FailedFindings") or ()}
         self._calls.count("partial" if failed else "ok")
-        delivered: list[Item] = []
-        retry: list[Item] = []
-        rejected: list[Rejected] = []
-        error = ""
+        answer = Answer()
         for p in chunk:
             entry = failed.get(p.finding["Id"])
             if entry is None:
-                delivered.extend(p.items)
+                answer.accepted(p.items)
                 continue
             failure = classify_code(entry.get("ErrorCode"), message=entry.get("ErrorMessage", ""))
             log.warning("finding not imported", extra={
                 "sink": self.name, "finding_id": p.finding["Id"], "reason": failure.reason,
                 "retry": failure.retry})
-            if failure.retry:
-                retry.extend(p.items)
-                error = error or error_text(failure)
-            else:
-                rejected.extend(Rejected(i, failure.reason, failure.message) for i in p.items)
-        return delivered, retry, rejected, error
+            answer.failed(p.items, failure)
+        return answer.result()
 
     async def healthcheck(self) -> None:
         """DescribeHub: credentials accepted, permission granted and the hub enabled."""

@@ -24,12 +24,10 @@ from pipeline.models import ActionRecord, Event, Incident, Item, item_id, item_s
 from sinks._aws_errors import (
     CallCounters,
     classify_code,
-    classify_exception,
-    error_text,
     healthcheck_error,
 )
 from sinks._items import encoded
-from sinks._packing import pack, send_packed
+from sinks._packing import Answer, pack, request_failed, send_packed
 from sinks.aws_config import SnsSinkConfig
 from sinks.base import Rejected, SendResult
 
@@ -133,35 +131,22 @@ class SnsSink:
             response = await client.publish_batch(
                 TopicArn=self.topic_arn, PublishBatchRequestEntries=[e for _, e in request])
         except Exception as exc:
-            failure = classify_exception(exc)
-            self._calls.failed(failure)
-            log.warning("PublishBatch failed", extra={
-                "sink": self.name, "reason": failure.reason, "retry": failure.retry})
-            items = [i for i, _ in request]
-            if failure.retry:
-                return [], items, [], error_text(failure)
-            return [], [], [Rejected(i, failure.reason, failure.message) for i in items], ""
+            return request_failed(exc, [i for i, _ in request], self._calls, sink=self.name,
+                                  operation="PublishBatch")
         failed = {f.get("Id"): f for f in response.get("Failed") or ()}
         self._calls.count("partial" if failed else "ok")
-        delivered: list[Item] = []
-        retry: list[Item] = []
-        rejected: list[Rejected] = []
-        error = ""
+        answer = Answer()
         for item, entry in request:
             fail = failed.get(entry["Id"])
             if fail is None:
-                delivered.append(item)
+                answer.accepted([item])
                 continue
             failure = classify_code(fail.get("Code"), sender_fault=fail.get("SenderFault"),
                                     message=fail.get("Message", ""))
             log.warning("SNS entry failed", extra={
                 "sink": self.name, "reason": failure.reason, "retry": failure.retry})
-            if failure.retry:
-                retry.append(item)
-                error = error or error_text(failure)
-            else:
-                rejected.append(Rejected(item, failure.reason, failure.message))
-        return delivered, retry, rejected, error
+            answer.failed([item], failure)
+        return answer.result()
 
     async def healthcheck(self) -> None:
         """GetTopicAttributes: the topic exists and these credentials may see it."""
