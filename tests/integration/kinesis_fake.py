@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.loopback import start_app
+
 MAX_HASH = str(2**128 - 1)
 _JSON = "application/x-amz-json-1.1"
 
@@ -99,12 +101,7 @@ class KinesisFake:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await start_app(app, access_log=None)
         return self.url
 
     async def stop(self) -> None:

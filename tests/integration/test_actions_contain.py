@@ -48,6 +48,7 @@ from tests.integration.actions_support import (
     incident,
     uid,
 )
+from tests.loopback import start_app
 
 pytestmark = pytest.mark.integration
 
@@ -447,12 +448,8 @@ async def fake_iam(moto_server: str, monkeypatch: pytest.MonkeyPatch
     fake = FakeIam()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    monkeypatch.setenv("AWS_ENDPOINT_URL_IAM", f"http://127.0.0.1:{port}")
+    runner, url = await start_app(app)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_IAM", url)
     clients = AwsClients(REGION)
     try:
         yield fake, clients

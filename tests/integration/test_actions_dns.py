@@ -25,6 +25,7 @@ from tests.integration.actions_support import (
     context,
     incident,
 )
+from tests.loopback import start_app
 
 pytestmark = pytest.mark.integration
 
@@ -72,12 +73,7 @@ async def resolver(moto_server: str, monkeypatch: pytest.MonkeyPatch
     fake = FakeResolver()
     app = web.Application()
     app.router.add_post("/", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
+    runner, fake.url = await start_app(app)
     monkeypatch.setenv("AWS_ENDPOINT_URL_ROUTE53RESOLVER", fake.url)
     try:
         yield fake

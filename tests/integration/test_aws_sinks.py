@@ -62,6 +62,7 @@ from pipeline.state.memory import MemoryStore
 from sinks import eventbridge, reasons, security_hub, sns
 from sinks._aws_errors import AwsFailure, classify_code, classify_exception, error_text
 from sinks.aws_config import EventBridgeSinkConfig, SecurityHubSinkConfig, SnsSinkConfig
+from tests.loopback import start_app
 
 pytestmark = pytest.mark.integration
 
@@ -125,13 +126,9 @@ async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     """Run ``handler`` for every request on 127.0.0.1:<free port>; yields the base URL."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, url = await start_app(app)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         await runner.cleanup()
 

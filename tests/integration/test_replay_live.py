@@ -34,6 +34,7 @@ from pipeline.demo import Tally, _run_pipeline
 from pipeline.readonly_aws import is_read_only
 from pipeline.replay import ReplayOptions, run_replay
 from tests.integration.actions_support import make_instance
+from tests.loopback import start_app
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +89,7 @@ class RecordingProxy:
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await start_app(app)
 
     async def aclose(self) -> None:
         if self._runner is not None:

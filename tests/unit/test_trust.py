@@ -28,6 +28,7 @@ from pipeline.models import Event, RawRecord
 from pipeline.stages.detect import build as build_detect
 from pipeline.stages.normalize import NormalizeStage
 from pipeline.trust import GuardDutyRefetcher, TrustChecker, TrustStage, build
+from tests.loopback import start_app
 from tests.unit.cloudtrail_cases import derive, make_ctx, normalized
 
 TRUST_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "trust"
@@ -182,12 +183,7 @@ async def guardduty(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeGuardD
     fake = FakeGuardDuty()
     app = web.Application()
     app.router.add_post("/detector/{detectorId}/findings/get", fake.get_findings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
+    runner, fake.url = await start_app(app)
     for name, value in {"AWS_ENDPOINT_URL_GUARDDUTY": fake.url,
                         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_SESSION_TOKEN": "testing", "AWS_CONFIG_FILE": os.devnull,
