@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +23,14 @@ from urllib.parse import parse_qs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    free_port,
+    percentile,
+    start_process,
+    stop_process,
+    use_endpoint,
+)
 
 NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 
@@ -76,22 +80,6 @@ def serve(port: int) -> None:
 
 
 # --- the measurement --------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("the canned EC2 stand-in did not start")
-
 
 async def measure(n: int, concurrency: int) -> None:
     from datetime import UTC, datetime
@@ -167,9 +155,11 @@ async def measure(n: int, concurrency: int) -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         lat = await asyncio.gather(*(bounded(i, f"c{conc}x") for i in range(n)))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        q = statistics.quantiles(lat, n=100)
+        # Nearest-rank percentiles: statistics.quantiles extrapolates past the maximum on
+        # small samples (it printed a p99 above the max).
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
         print(f"concurrency {conc:>3}: {n} incidents, receipt -> isolation call issued: "
-              f"p50 {q[49] * 1000:.2f} ms, p99 {q[98] * 1000:.2f} ms, max {max(lat) * 1000:.2f} "
+              f"p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, max {max(lat) * 1000:.2f} "
               f"ms; CPU {cpu / n * 1000:.2f} ms per incident (4 AWS calls each: describe, "
               f"group lookup, modify, verify describe); {n / wall:.0f} incidents/s")
     await aws.aclose()
@@ -184,19 +174,13 @@ def main() -> None:
     if args.serve:
         serve(args.serve)
         return
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    port = free_port()
+    proc = start_process([__file__, "--serve", str(port)], port)
     try:
-        _wait_for(port)
-        os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
-                           "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
-        os.environ.pop("AWS_PROFILE", None)
+        use_endpoint(f"http://127.0.0.1:{port}")
         asyncio.run(measure(args.incidents, args.concurrency))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -48,28 +47,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import BENCH, free_port, start_process  # noqa: E402
+
 SAMPLE = ROOT / "tests" / "fixtures" / "samples" / "guardduty" / "custodian-ec2-duty-event.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STARTUP = 4.0  # seconds given to the workers to import and connect before the window opens
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(port: int, shards: int, variants: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "canned_aws.py"), str(port),
-                             str(SAMPLE), str(shards), str(variants)])
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("canned AWS server did not start")
+    return start_process([str(BENCH / "canned_aws.py"), str(port), str(SAMPLE), str(shards),
+                          str(variants)], port)
 
 
 def proc_cpu(pid: int) -> float:

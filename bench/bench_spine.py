@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import resource
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +26,14 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    BENCH,
+    free_port,
+    rss_mib,
+    start_process,
+    stop_process,
+    use_endpoint,
+)
 from pipeline.aws import AwsClients  # noqa: E402
 from pipeline.chain import Chain  # noqa: E402
 from pipeline.config import KinesisSourceConfig, SqsSourceConfig, parse_config  # noqa: E402
@@ -42,27 +47,8 @@ from pipeline.worker import Runner  # noqa: E402
 SAMPLE = ROOT / "tests" / "fixtures" / "samples" / "guardduty" / "custodian-ec2-duty-event.json"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "canned_aws.py"), str(port),
-                             str(SAMPLE)])
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("canned AWS server did not start")
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return start_process([str(BENCH / "canned_aws.py"), str(port), str(SAMPLE)], port)
 
 
 async def run_source(source_kind: str, endpoint: str, events: int) -> tuple[float, float]:
@@ -137,8 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    use_endpoint(endpoint)
     server = start_server(port)
     try:
         parse_rate = parse_floor(args.events)
@@ -152,8 +137,7 @@ def main() -> None:
                   f"{parse_rate / cpu_rate:>9.1f}x")
         print(f"max RSS: {rss_mib():.0f} MiB")
     finally:
-        server.terminate()
-        server.wait(5)
+        stop_process(server)
 
 
 if __name__ == "__main__":
