@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from pipeline.aws import AwsClients
 from pipeline.clock import WALL_CLOCK, Clock
@@ -28,7 +27,6 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cloudtrail_rul
 BASE = FIXTURES / "base"
 # Same place and skip message as tests/conftest.py's helper (conftest is not importable
 # by name under every runner, so it is repeated here).
-SHARED_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "events"
 
 _MISSING = object()
 
@@ -66,12 +64,6 @@ def normalized(record: dict[str, Any]) -> Event:
     events = NormalizeStage().normalize(RawRecord(payload=record, message_id="test"))
     assert len(events) == 1
     return events[0]
-
-
-def shared_samples_or_skip() -> Path:
-    if not SHARED_SAMPLES.is_dir():
-        pytest.skip(f"the shared sample set is not beside this clone ({SHARED_SAMPLES} missing)")
-    return SHARED_SAMPLES
 
 
 def load_cases() -> list[dict[str, Any]]:

@@ -28,7 +28,8 @@ from pipeline.detections.registry import (
 from pipeline.errors import ConfigError
 from pipeline.models import Event, EventKind, RawRecord, SeverityLabel
 from pipeline.stages.detect import DetectStage, build, detection_id
-from tests.unit.cloudtrail_cases import derive, make_ctx, normalized, shared_samples_or_skip
+from tests.conftest import shared_samples_or_skip
+from tests.unit.cloudtrail_cases import derive, make_ctx, normalized
 
 # The published AttachUserPolicy(AdministratorAccess) record, made from curl.
 ATTACH_FROM_CURL = {"userAgent": "curl/8.4.0"}
