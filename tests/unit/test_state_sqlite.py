@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.errors import RetriableError
-from pipeline.state.sqlite import SqliteStore, prefix_upper_bound
+from pipeline.state.sqlite import SqliteStore, _Kind, prefix_upper_bound
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,6 +117,96 @@ async def test_lock_held_too_long_is_retriable(tmp_path: Path) -> None:
         assert info.value.reason == "state_busy"
         holder.execute("ROLLBACK")
         assert (await store.put("k", {"a": 1})).version == 1
+    finally:
+        holder.close()
+        await store.aclose()
+
+
+class Paused:
+    """Holds the store's worker thread inside a call, so what is queued meanwhile forms ONE
+    batch when released (the batch a busy pipeline would make on its own)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def _hold(self) -> None:
+        self.entered.set()
+        self.gate.wait(10)
+
+    async def __aenter__(self) -> Paused:
+        self.task = asyncio.ensure_future(self.store._call(self._hold, kind=_Kind.ALONE))
+        await asyncio.to_thread(self.entered.wait, 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.gate.set()
+        await self.task
+
+
+async def _queued(*coros: Any) -> list[asyncio.Future[Any]]:
+    """Start calls and let each reach the worker's queue."""
+    futures = [asyncio.ensure_future(c) for c in coros]
+    await asyncio.sleep(0.01)
+    return futures
+
+
+@pytest.fixture
+async def file_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    yield store
+    await store.aclose()
+
+
+async def test_queued_writes_share_one_commit_and_each_stays_atomic(
+        file_store: SqliteStore, tmp_path: Path) -> None:
+    before = file_store._worker.transactions
+    async with Paused(file_store):
+        futures = await _queued(
+            *(file_store.put_if_absent("same", {"n": i}) for i in range(20)),
+            *(file_store.put(f"k{i}", {"n": i}) for i in range(20)))
+    results = await asyncio.gather(*futures)
+    assert file_store._worker.transactions == before + 1
+    # Conditional writes inside one transaction still race correctly: one winner.
+    assert sum(r is not None for r in results[:20]) == 1
+    assert _rows(tmp_path / "s.db") == 21  # visible to another connection: committed
+    assert (await file_store.get("same")) is not None
+
+
+async def test_a_failing_call_does_not_fail_its_batch(file_store: SqliteStore,
+                                                     tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "s.db", isolation_level=None) as other:
+        other.execute("INSERT INTO kv (key, value, version) VALUES ('bad', x'ff00', 1)")
+    async with Paused(file_store):
+        bad_read, write, bad_many, many = await _queued(
+            file_store.get("bad"), file_store.put("ok", {"a": 1}),
+            file_store.put_many([("m1", {"a": 1}), (None, {"a": 2})]),  # type: ignore[list-item]
+            file_store.put_many([("m3", {"a": 3}), ("m4", {"a": 4})]))
+    with pytest.raises(ValueError):  # the stored value is not JSON
+        await bad_read
+    with pytest.raises(sqlite3.IntegrityError):
+        await bad_many
+    assert (await write).version == 1
+    await many
+    # The failed put_many is all or nothing, even inside a shared transaction.
+    assert await file_store.get("m1") is None
+    assert {k for k in await file_store.get_many(["ok", "m3", "m4"])} == {"ok", "m3", "m4"}
+
+
+async def test_batch_whose_transaction_cannot_start_fails_whole_and_retriably(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await SqliteStore.open(path, busy_timeout=0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with Paused(store):
+            holder.execute("BEGIN IMMEDIATE")
+            futures = await _queued(*(store.put(f"k{i}", {"i": i}) for i in range(5)))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, RetriableError) and r.reason == "state_busy" for r in results)
+        holder.execute("ROLLBACK")
+        assert _rows(path) == 0
     finally:
         holder.close()
         await store.aclose()
