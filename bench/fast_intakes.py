@@ -178,6 +178,7 @@ class Recorder:
         self.bytes: Counter[str] = Counter()
         self.modify: dict[str, float] = {}
         self.ec2_calls: Counter[str] = Counter()
+        self.ec2_ids = 0  # instance ids asked for across DescribeInstances calls
 
     def record(self, sink: str, body: bytes) -> None:
         now = time.time()
@@ -231,6 +232,7 @@ def stats(feed: Feed, rec: Recorder, since: int) -> dict[str, Any]:
         "latency": {"first_sink": _quantiles(first_any), "all_sinks": _quantiles(all_sinks),
                     **{s: _quantiles(v) for s, v in per_sink.items()}},
         "isolate": _quantiles(isolate), "ec2_calls": dict(rec.ec2_calls),
+        "ec2_instance_ids": rec.ec2_ids,
     }
 
 
@@ -251,10 +253,13 @@ def _ec2(form: dict[str, str], groups: dict[str, list[str]], rec: Recorder) -> w
     action = form.get("Action", "")
     rec.ec2_calls[action] += 1
     if action == "DescribeInstances":
-        iid = form.get("InstanceId.1", "i-00000000000000000")
+        # By ``InstanceId.N`` or by an ``instance-id`` filter (``Filter.1.Value.N``).
+        ids = [v for k, v in form.items()
+               if k.startswith("InstanceId.") or k.startswith("Filter.1.Value.")]
+        rec.ec2_ids += len(ids)
+        instances = "".join(_instance_xml(iid, groups.get(iid, ["sg-app"])) for iid in ids)
         body = (f"<reservationSet><item><reservationId>r-1</reservationId><ownerId>{ACCOUNT}"
-                f"</ownerId><instancesSet>{_instance_xml(iid, groups.get(iid, ['sg-app']))}"
-                f"</instancesSet></item></reservationSet>")
+                f"</ownerId><instancesSet>{instances}</instancesSet></item></reservationSet>")
     elif action == "DescribeSecurityGroups":
         body = ("<securityGroupInfo><item><groupId>sg-quarantine</groupId><groupName>"
                 "riposte-quarantine</groupName><vpcId>vpc-bench</vpcId><ownerId>"

@@ -64,6 +64,7 @@ class CredentialBroker:
         self.refresh_margin = refresh_margin
         self._home: str | None = config.home_account
         self._sessions: dict[str, AccountSession] = {}
+        self._home_session: AccountSession | None = None
         self._lock = asyncio.Lock()
 
     async def home_account(self) -> str:
@@ -78,7 +79,10 @@ class CredentialBroker:
         """A session for ``account``, or None: then nothing may be done there."""
         if account not in self.config.roles:
             if account == await self.home_account():
-                return AccountSession(account=account, aws=self.aws)
+                # One object for the home account: reads coalesce per client source.
+                if self._home_session is None or self._home_session.account != account:
+                    self._home_session = AccountSession(account=account, aws=self.aws)
+                return self._home_session
             return None
         cached = self._sessions.get(account)
         if cached is not None and cached.expires_at is not None and \

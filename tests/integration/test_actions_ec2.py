@@ -322,3 +322,38 @@ async def test_archived_finding_rolls_back_automatically_once(boto: Any, aws: An
     # Redelivered: nothing more to do.
     _, again = await run(stage, archived)
     assert again == []
+
+
+async def test_concurrent_instance_reads_coalesce_into_one_describe(boto: Any,
+                                                                    aws: Any) -> None:
+    """Plans running together read their instances with ONE filtered DescribeInstances;
+    a missing instance is simply absent, a malformed id never reaches EC2."""
+    from pipeline.actions import _ec2
+    from pipeline.actions.base import Refused
+    from pipeline.actions.credentials import AccountSession
+    from tests.integration.actions_support import HOME, REGION
+
+    first = make_instance(boto)
+    others = [make_instance(boto, vpc=first["vpc"], subnet=first["subnet"]) for _ in range(3)]
+    wanted = [first["instance"], *(o["instance"] for o in others)]
+    source = AccountSession(account=HOME, aws=aws)
+    reader = _ec2._instance_reader(source, REGION)
+    calls, keys = reader.calls, reader.keys
+
+    results = await asyncio.gather(
+        *(_ec2.describe_instance(source, REGION, i) for i in wanted),
+        _ec2.describe_instance(source, REGION, "i-0123456789abcdef0"),  # no such instance
+        _ec2.describe_instance(source, REGION, "i-x'; DROP"),  # malformed: refused locally
+        *(_ec2.find_group(source, REGION, first["vpc"], name)
+          for name in ("riposte-quarantine", "default")),
+        return_exceptions=True)
+
+    assert [r["InstanceId"] for r in results[:4] if isinstance(r, dict)] == wanted
+    assert isinstance(results[4], Refused) and "not found" in results[4].reason
+    assert isinstance(results[5], Refused) and "malformed" in results[5].reason
+    assert results[6] is None  # no quarantine group yet
+    default = boto("ec2").describe_security_groups(Filters=[
+        {"Name": "vpc-id", "Values": [first["vpc"]]},
+        {"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]["GroupId"]
+    assert results[7] == default
+    assert (reader.calls, reader.keys) == (calls + 1, keys + 5)
