@@ -7,6 +7,7 @@ everywhere it lands.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,8 +24,10 @@ from pipeline.serde import dumps
 
 # Recently encoded items: the batcher's size estimate and every sink the item is routed
 # to share one serialization. Keyed by identity and holding the item itself, so an id
-# cannot be reused while its entry lives; bounded, oldest evicted first.
-_ENCODED: dict[int, tuple[Item, bytes]] = {}
+# cannot be reused while its entry lives; bounded, oldest evicted first. An OrderedDict:
+# evicting a plain dict's first key with ``next(iter(d))`` rescans the slots already
+# emptied at its front, which grows with every eviction until the dict is rebuilt.
+_ENCODED: OrderedDict[int, tuple[Item, bytes]] = OrderedDict()
 _ENCODED_MAX = 2048
 
 # Shown for actions whose rollback hint is empty.
@@ -39,7 +42,7 @@ def encoded(item: Item) -> bytes:
         return hit[1]
     data = dumps(item)
     if len(_ENCODED) >= _ENCODED_MAX:
-        del _ENCODED[next(iter(_ENCODED))]
+        _ENCODED.popitem(last=False)
     _ENCODED[key] = (item, data)
     return data
 
