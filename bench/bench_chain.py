@@ -129,7 +129,8 @@ async def run_chain(endpoint: str, args: argparse.Namespace, *, mode: str, settl
             ctx = await open_context(config)
         pipeline = await build_pipeline(config, ctx)
         runner = Runner(pipeline.sources, pipeline.chain, concurrency=config.service.concurrency,
-                        shutdown_deadline=30, on_close=[pipeline.aclose])
+                        shutdown_deadline=30, on_close=[pipeline.aclose],
+                        gc_policy=None if args.python_gc else config.service.gc_policy())
         timer = CpuTimer()
         settled = 0
         outcomes: dict[str, int] = {}
@@ -270,6 +271,8 @@ def main() -> None:
                         help="service.concurrency: messages worked on at once")
     parser.add_argument("--in-flight", type=int, default=4096, help="service.in_flight_limit")
     parser.add_argument("--only", choices=["throughput", "latency", "contain"])
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's own garbage-collector settings (not riposte run's)")
     parser.add_argument("--memory-store", action="store_true",
                         help="MemoryStore instead of SQLite (to separate the store's cost)")
     parser.add_argument("--contain-mode", default="dry-run",

@@ -135,7 +135,8 @@ async def _run_worker(source: str, endpoint: str, index: int, count: int, shards
         pipeline.sources = [kinesis.KinesisSource(kconfig, ctx, budget,
                                                   ownership=StaticShards(index, count))]
     runner = Runner(pipeline.sources, pipeline.chain, concurrency=config.service.concurrency,
-                    shutdown_deadline=5, on_close=[pipeline.aclose])
+                    shutdown_deadline=5, on_close=[pipeline.aclose],
+                    gc_policy=config.service.gc_policy())
     settled = 0
 
     def on_settled(_s: Source, _m: Message, _o: Outcome) -> None:

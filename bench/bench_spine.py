@@ -65,7 +65,9 @@ async def run_source(source_kind: str, endpoint: str, events: int) -> tuple[floa
         source = kinesis.build(KinesisSourceConfig(
             stream_name="bench", max_records=5000, polls_per_second=5), ctx, budget)
     chain = Chain([envelopes.build(config, ctx), normalize.build(config, ctx)], [])
-    runner = Runner([source], chain, concurrency=512, shutdown_deadline=10)
+    # The garbage-collector settings `riposte run` uses (service.gc_*).
+    runner = Runner([source], chain, concurrency=512, shutdown_deadline=10,
+                    gc_policy=config.service.gc_policy())
     done = 0
 
     def settled(_s: Any, _m: Message, _o: Outcome) -> None:

@@ -133,7 +133,7 @@ async def run_service(config: RiposteConfig) -> int:
     pipeline = await build_pipeline(config, ctx)
     runner = Runner(pipeline.sources, pipeline.chain, concurrency=config.service.concurrency,
                     shutdown_deadline=config.service.shutdown_deadline,
-                    on_close=[pipeline.aclose])
+                    on_close=[pipeline.aclose], gc_policy=config.service.gc_policy())
     ops: OpsServer | None = None
     if config.metrics.enabled:
         ops = OpsServer(config.metrics.host, config.metrics.port, lambda: runner.ready)

@@ -28,6 +28,7 @@ from prometheus_client import Counter, Histogram
 from pipeline import metrics
 from pipeline.chain import Chain
 from pipeline.errors import RiposteError, attach_component
+from pipeline.gctune import GcPolicy, GcTuning
 from pipeline.sources.base import Message, Outcome, OutcomeKind, Source
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Runner:
         shutdown_deadline: float = 25.0,
         on_close: Sequence[Callable[[], Awaitable[None]]] = (),
         on_settled: Callable[[Source, Message, Outcome], None] | None = None,
+        gc_policy: GcPolicy | None = None,
     ) -> None:
         self.sources = list(sources)
         self.chain = chain
@@ -66,6 +68,8 @@ class Runner:
         self.shutdown_deadline = shutdown_deadline
         self.on_close = list(on_close)
         self.on_settled = on_settled
+        # Garbage-collector settings for the run (pipeline.gctune); None leaves them alone.
+        self._gc = GcTuning(gc_policy) if gc_policy is not None else None
         self.stats = RunStats()
         self._stopping = asyncio.Event()
         # Consumers hand messages to a fixed pool of workers: no task per message.
@@ -91,6 +95,15 @@ class Runner:
 
     async def run(self) -> RunStats:
         """Consume until every source is exhausted or ``stop()`` is called, then drain."""
+        if self._gc is not None:
+            self._gc.apply()  # start-up is over: what exists now lives as long as the run
+        try:
+            return await self._run()
+        finally:
+            if self._gc is not None:
+                self._gc.restore()
+
+    async def _run(self) -> RunStats:
         workers = [asyncio.create_task(self._work(), name=f"worker:{i}")
                    for i in range(self.concurrency)]
         consumers = [asyncio.create_task(self._consume(s), name=f"consume:{s.name}")
