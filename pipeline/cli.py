@@ -2,12 +2,15 @@
 
     riposte run [-c FILE]            consume from the configured sources until SIGTERM/SIGINT
     riposte demo [--enforce]         the whole pipeline on a local AWS stand-in and sample events
-    riposte check-config FILE        validate a config and print it with secrets masked
+    riposte check-config FILE [--resolve-secrets]   validate a config, print it with secrets
+                                     masked; optionally resolve every secret reference
     riposte replay INPUT... [--compare OTHER.toml]   backtest archived events, change nothing
     riposte actions list|pause|resume
     riposte approve PLAN_ID | reject PLAN_ID
     riposte rollback ACTION_ID | --incident ID
     riposte init-state [-c FILE]     create the state store (DynamoDB table + TTL, or SQLite)
+    riposte dead-letters list [--source kinesis|sink] [--stream NAME] [--limit N] [--json]
+    riposte dead-letters redrive --stream NAME [--dry-run]   put Kinesis dead letters back
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 """
@@ -63,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config",
                            help="validate a config file and print it with secrets masked")
     check.add_argument("config", metavar="FILE")
+    check.add_argument("--resolve-secrets", action="store_true",
+                       help="also resolve every env: and secretsmanager: secret reference as "
+                            "`run` does, and report each one that cannot be resolved "
+                            "(values are never printed)")
 
     replay = sub.add_parser(
         "replay", help="run archived events through detection and simulated response, "
@@ -112,7 +119,45 @@ def build_parser() -> argparse.ArgumentParser:
                           help="create the configured state store (DynamoDB table with TTL "
                                "enabled, or the SQLite file)")
     _add_config_arg(init)
+
+    dead = sub.add_parser("dead-letters",
+                          help="list dead letters in the state store, or put Kinesis ones "
+                               "back on their stream")
+    dead_verbs = dead.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = dead_verbs.add_parser(
+        "list", help="key, reason, time and size of each dead letter (no payload unless "
+                     "--show-payload)")
+    _add_config_arg(listing)
+    listing.add_argument("--source", choices=["kinesis", "sink"], default="kinesis",
+                         help="Kinesis records (default) or items a sink refused")
+    listing.add_argument("--stream", metavar="NAME", help="only this Kinesis stream")
+    listing.add_argument("--limit", type=_positive_int, metavar="N",
+                         help="at most N dead letters, in key order")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.add_argument("--show-payload", action="store_true",
+                         help="include each record's payload (it may hold sensitive data)")
+    redrive = dead_verbs.add_parser(
+        "redrive", help="put a stream's dead letters back on it with PutRecords; each dead "
+                        "letter is deleted only once its record was accepted")
+    _add_config_arg(redrive)
+    redrive.add_argument("--stream", metavar="NAME", required=True,
+                         help="the Kinesis stream whose dead letters go back on it")
+    redrive.add_argument("--dry-run", action="store_true",
+                         help="only say what would be put back; change nothing")
+    redrive.add_argument("--limit", type=_positive_int, metavar="N",
+                         help="at most N dead letters, the first in key order")
+    redrive.add_argument("--json", action="store_true", help="print the outcome as JSON")
     return parser
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return number
 
 
 def _load(path: str | None) -> RiposteConfig:
@@ -178,12 +223,35 @@ async def _escalate_overdue(ctx: Any, fanout: Any, sla: float) -> None:
             log.warning("SLA escalation pass failed; will try again", exc_info=True)
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str, *, resolve_secrets: bool = False) -> int:
     config = _load(path)
+    resolved = ""
+    if resolve_secrets:
+        check = asyncio.run(_check_secrets(config))
+        if not check.ok:
+            # Paths and reference names only: a value is never printed, resolved or not.
+            for problem in check.problems:
+                print(f"riposte: {path}: {problem}", file=sys.stderr)
+            print(f"riposte: {path}: {len(check.problems)} secret reference(s) cannot be "
+                  f"resolved ({check.resolved} resolved)", file=sys.stderr)
+            return EXIT_USAGE
+        resolved = f"; {check.resolved} secret reference(s) resolved"
     sys.stdout.write(orjson.dumps(masked_dump(config), option=orjson.OPT_INDENT_2).decode())
     sys.stdout.write("\n")
-    print(f"ok: {path} is valid", file=sys.stderr)
+    print(f"ok: {path} is valid{resolved}", file=sys.stderr)
     return EXIT_OK
+
+
+async def _check_secrets(config: RiposteConfig) -> Any:
+    """Resolve every reference as `run` does; no state store is opened for a check."""
+    from pipeline.aws import AwsClients
+    from pipeline.secrets import check_secrets
+
+    aws = AwsClients(config.service.region)
+    try:
+        return await check_secrets(config, aws)
+    finally:
+        await aws.aclose()
 
 
 async def _ops(args: argparse.Namespace) -> int:
@@ -246,6 +314,75 @@ async def _init_state(config: RiposteConfig) -> int:
     return EXIT_OK
 
 
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def _print_dead_letters(letters: Sequence[Any], *, show_payload: bool) -> None:
+    rows = [(d.key, d.reason or "-", _iso(d.at), _iso(d.expires_at), str(d.size))
+            for d in letters]
+    header = ("KEY", "REASON", "DEAD-LETTERED", "EXPIRES", "BYTES")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for letter, row in zip(letters, rows, strict=True):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if show_payload:
+            print(f"    payload: {letter.summary(show_payload=True)['payload']}")
+
+
+async def _dead_letters(args: argparse.Namespace) -> int:
+    from pipeline import dead_letters
+    from pipeline.assemble import open_context
+    from pipeline.config import KinesisSourceConfig
+
+    config = _load(args.config)
+    if args.verb == "list" and args.source == "sink" and args.stream:
+        raise ConfigError("--stream applies to Kinesis dead letters; drop it with --source sink")
+    ctx = await open_context(config)
+    try:
+        if args.verb == "list":
+            letters = await dead_letters.list_dead_letters(
+                ctx.store, source=args.source, stream=args.stream, limit=args.limit)
+            if args.json:
+                sys.stdout.write(orjson.dumps(
+                    [d.summary(show_payload=args.show_payload) for d in letters],
+                    option=orjson.OPT_INDENT_2).decode())
+                sys.stdout.write("\n")
+            elif letters:
+                _print_dead_letters(letters, show_payload=args.show_payload)
+            print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+            return EXIT_OK
+        # The stream's own source decides the region; a stream no longer configured uses
+        # the service region.
+        region = next((s.region for s in config.sources
+                       if isinstance(s, KinesisSourceConfig) and s.stream_name == args.stream),
+                      None)
+        client = await ctx.aws.client("kinesis", region=region)
+        report = await dead_letters.redrive_kinesis(ctx.store, client, args.stream,
+                                                    dry_run=args.dry_run, limit=args.limit)
+    finally:
+        await ctx.store.aclose()
+        await ctx.aws.aclose()
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        for outcome in report.outcomes:
+            if outcome.status in ("failed", "put_not_deleted"):
+                print(f"{outcome.status}: {outcome.key}: {outcome.detail}", file=sys.stderr)
+        if args.dry_run:
+            print(f"dry run: {report.count('would_redrive')} dead letter(s) would go back on "
+                  f"{args.stream}, {report.count('failed')} cannot")
+        else:
+            print(f"redrive: {report.count('redriven')} record(s) put back on {args.stream}, "
+                  f"{report.count('failed')} failed and kept, "
+                  f"{report.count('put_not_deleted')} put but not deleted")
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -304,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            return _check_config(args.config)
+            return _check_config(args.config, resolve_secrets=args.resolve_secrets)
         if args.command == "demo":
             from pipeline.demo import run_demo
 
@@ -319,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure("WARNING", "text")
         if args.command == "init-state":
             return asyncio.run(_init_state(_load(args.config)))
+        if args.command == "dead-letters":
+            return asyncio.run(_dead_letters(args))
         return asyncio.run(_ops(args))
     except ConfigError as exc:
         print(f"riposte: {exc}", file=sys.stderr)

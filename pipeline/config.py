@@ -92,6 +92,9 @@ class KinesisSourceConfig(Strict):
     # Attempts at a record that fails retriably before it is dead-lettered to the state store.
     max_attempts: int = Field(5, ge=1, le=100)
     retry_base_delay: float = Field(0.5, ge=0)
+    # Days a dead-lettered record is kept in the state store before it expires; list and
+    # redrive them with `riposte dead-letters`.
+    dead_letter_retention_days: float = Field(14.0, gt=0)
     # Fleet mode (leases in the state store); off = this process reads every shard.
     leases: bool = False
     # A lease not renewed for this long is taken over by another worker.

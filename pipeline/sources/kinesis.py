@@ -22,6 +22,9 @@ then (or at once for ``DEAD_LETTER``) the whole record is written to the state
 store under ``deadletter:kinesis:<stream>:<shard>:<seq>`` and counts as finished.
 Nothing is ever skipped silently: a record that cannot be dead-lettered stays
 unfinished, so the checkpoint does not pass it and a restart reads it again.
+Dead letters expire after ``dead_letter_retention_days`` (the store's TTL), so a
+poison flood cannot grow the store without bound; ``riposte dead-letters`` lists
+them and puts them back on their stream (``pipeline.dead_letters``).
 
 Which shards this process reads is decided by a ``ShardOwnership``: every shard
 without leases, or the shards this worker holds leases on in a fleet. (The
@@ -65,10 +68,20 @@ _DRAIN_POLL = 0.05
 _MIN_FLUSH_PERIOD = 0.05
 _DEAD_LETTER_ATTEMPTS = 5
 _STOP_DISCOVERY_WAIT = 5.0
+_SECONDS_PER_DAY = 86_400.0
+DEADLETTER_PREFIX = "deadletter:kinesis:"
 
 
 def deadletter_key(stream: str, shard_id: str, sequence: str) -> str:
-    return f"deadletter:kinesis:{stream}:{shard_id}:{sequence}"
+    return f"{DEADLETTER_PREFIX}{stream}:{shard_id}:{sequence}"
+
+
+def deadletter_prefix(stream: str | None = None) -> str:
+    """The key prefix of one stream's dead letters (every stream's when None).
+
+    The trailing ``:`` matters: stream ``a`` must not match the letters of stream ``a-b``.
+    """
+    return DEADLETTER_PREFIX if stream is None else f"{DEADLETTER_PREFIX}{stream}:"
 
 
 class ShardOwnership(Protocol):
@@ -622,9 +635,10 @@ class KinesisSource:
             "dead_lettered_at": self.ctx.clock.now(), "worker": self.worker_id,
         }
         key = deadletter_key(self.stream, shard_id, sequence)
+        ttl = self.config.dead_letter_retention_days * _SECONDS_PER_DAY
         for attempt in range(1, _DEAD_LETTER_ATTEMPTS + 1):
             try:
-                await self.ctx.store.put(key, record)
+                await self.ctx.store.put(key, record, ttl=ttl)
                 break
             except Exception:
                 log.exception("writing a kinesis dead letter failed",
