@@ -218,17 +218,26 @@ class Producer:
     """Writes records in small batches from a thread, so workers read while it writes."""
 
     def __init__(self, boto: Any, stream: str, events: list[tuple[str, bytes]],
-                 batch: int = 50, pause: float = 0.25) -> None:
+                 batch: int = 50, pause: float = 0.25, hold_at: int | None = None) -> None:
         self.kinesis = boto("kinesis")
         self.stream = stream
         self.events = events
         self.batch = batch
         self.pause = pause
         self.sent = 0
+        # With ``hold_at``, writing stops after that many records until ``release()``, so
+        # a test can act while records are still to come however slow the machine is.
+        self.hold_at = hold_at
+        self._released = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def release(self) -> None:
+        self._released.set()
 
     def _run(self) -> None:
         for start in range(0, len(self.events), self.batch):
+            if self.hold_at is not None and start >= self.hold_at:
+                self._released.wait(60)
             chunk = self.events[start:start + self.batch]
             self.kinesis.put_records(StreamName=self.stream, Records=[
                 {"Data": body, "PartitionKey": fid} for fid, body in chunk])
@@ -421,7 +430,8 @@ def test_three_workers_and_a_killed_one_loses_nothing(boto: Any, tmp_path: Path)
         try:
             for n in range(3):
                 fleet.start(n)
-            producer = Producer(boto, fleet.stream, events, batch=50, pause=0.6).start()
+            producer = Producer(boto, fleet.stream, events, batch=50, pause=0.6,
+                                hold_at=500).start()
             # Balanced: two shards each (ceil(6 / 3)), every lease held by a live worker.
             assert wait_for(lambda: held_counts(fleet, watcher) == [2, 2, 2], 30, 0.5), \
                 watcher.leases_now()
@@ -435,6 +445,7 @@ def test_three_workers_and_a_killed_one_loses_nothing(boto: Any, tmp_path: Path)
             killed_at = time.time()
             fleet.procs[victim].wait(10)
             ends[victim] = killed_at
+            producer.release()  # the rest arrives while the survivors take over
 
             def taken_over() -> bool:
                 now = watcher.leases_now()
