@@ -27,6 +27,12 @@ The event mix (by default) is 5 GuardDuty EC2 findings : 3 Inspector2 EC2 findin
 
     python bench/bench_chain.py [--events 6000] [--seconds 6] [--rate 1000]
                                 [--only throughput|latency|contain] [--concurrency 1024]
+                                [--mix gd,insp,ct,...] [--contain-mode observe|dry-run|enforce]
+                                [--without SINK] [--python-gc] [--memory-store]
+
+The last three are diagnostics for "where the time goes": leave one sink out, keep
+Python's own garbage-collector settings instead of ``riposte run``'s, or swap the
+SQLite store for the in-memory one.
 """
 
 from __future__ import annotations
@@ -62,10 +68,10 @@ DEFAULT_MIX = "gd,gd,gd,gd,gd,insp,insp,insp,ct,ct"
 
 
 def chain_config(endpoint: str, state_dir: str, *, mode: str, concurrency: int,
-                 in_flight: int) -> Any:
+                 in_flight: int, without: tuple[str, ...] = ()) -> Any:
     from pipeline.config import parse_config
 
-    return parse_config({
+    config = parse_config({
         "service": {"region": REGION, "concurrency": concurrency, "in_flight_limit": in_flight},
         "metrics": {"enabled": False},
         "logging": {"level": "WARNING"},
@@ -85,6 +91,10 @@ def chain_config(endpoint: str, state_dir: str, *, mode: str, concurrency: int,
             {"type": "security_hub", "region": REGION, "account_id": ACCOUNT},
         ],
     }, env={})
+    if without:  # a diagnostic: what one sink costs
+        config = config.model_copy(update={
+            "sinks": [s for s in config.sinks if s.type not in without]})
+    return config
 
 
 class WarningTally(logging.Handler):
@@ -120,7 +130,7 @@ async def run_chain(endpoint: str, args: argparse.Namespace, *, mode: str, settl
 
     with tempfile.TemporaryDirectory(prefix="riposte-bench-") as state_dir:
         config = chain_config(endpoint, state_dir, mode=mode, concurrency=args.concurrency,
-                              in_flight=args.in_flight)
+                              in_flight=args.in_flight, without=tuple(args.without))
         if args.memory_store:
             from pipeline.state.memory import MemoryStore
 
@@ -185,7 +195,8 @@ def throughput(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
         stop_process(proc)
     per_core = result["measured"] / result["cpu"] if result["cpu"] else float("nan")
     print(f"[throughput] {result['measured']} events after {args.warmup} warm-up, "
-          f"mix {stats['sent_by_kind']}, containment {args.contain_mode}, 3 required sinks")
+          f"mix {stats['sent_by_kind']}, containment {args.contain_mode}, "
+          f"{3 - len(args.without)} required sinks{', Python GC' if args.python_gc else ''}")
     print(f"  events/s per core (CPU)      {per_core:>10,.0f}   target >= 2,000  "
           f"{'MET' if per_core >= 2000 else 'NOT MET'}")
     print(f"  events/s wall                {result['measured'] / result['wall']:>10,.0f}   "
@@ -271,6 +282,9 @@ def main() -> None:
                         help="service.concurrency: messages worked on at once")
     parser.add_argument("--in-flight", type=int, default=4096, help="service.in_flight_limit")
     parser.add_argument("--only", choices=["throughput", "latency", "contain"])
+    parser.add_argument("--without", action="append", default=[],
+                        choices=["splunk_hec", "datadog", "security_hub"],
+                        help="leave this sink out (diagnostic; the target is with all three)")
     parser.add_argument("--python-gc", action="store_true",
                         help="keep Python's own garbage-collector settings (not riposte run's)")
     parser.add_argument("--memory-store", action="store_true",
@@ -280,7 +294,9 @@ def main() -> None:
                         help="containment mode of the throughput and latency runs")
     args = parser.parse_args()
     store = "MemoryStore" if args.memory_store else "SQLite state"
-    print(f"full chain, {store}, sinks: Splunk HEC + Datadog + Security Hub (required), "
+    sinks = " + ".join(n for n in ("splunk_hec", "datadog", "security_hub")
+                       if n not in args.without)
+    print(f"full chain, {store}, sinks: {sinks} (required), "
           f"service.concurrency={args.concurrency}, in_flight_limit={args.in_flight}")
     logging.getLogger().addHandler(TALLY)
     logging.getLogger().setLevel(logging.WARNING)
