@@ -1,13 +1,15 @@
 """Throughput of normalize -> trust -> detect (every CloudTrail rule) per core.
 
-    python bench/bench_detect.py [--events 20000] [--principals 2000] [--store sqlite|memory]
+    python bench/bench_detect.py [--events 20000] [--principals 2000]
+                                 [--store sqlite|memory|writeback]
 
 Feeds CloudTrail records derived from the project's fixtures (principals, APIs,
 source addresses, regions and user agents varied at random, a few sensitive and
 IAM-policy calls mixed in) through the real stages with every rule enabled,
-the first-seen baseline writing to the chosen state store. Prints events/s per
-core (events / process CPU seconds, all threads counted, since SQLite runs on
-its own thread) next to the cost of normalize alone, measured in the same run.
+the first-seen baseline writing to the chosen state store (``writeback``: SQLite
+behind the write-back layer replay uses). Prints events/s per core (events /
+process CPU seconds, all threads counted, since SQLite runs on its own thread)
+next to the cost of normalize alone, measured in the same run.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pipeline.stages.normalize import NormalizeStage  # noqa: E402
 from pipeline.state.base import StateStore  # noqa: E402
 from pipeline.state.memory import MemoryStore  # noqa: E402
 from pipeline.state.sqlite import SqliteStore  # noqa: E402
+from pipeline.state.writeback import WriteBackStore  # noqa: E402
 from pipeline.trust import build as build_trust  # noqa: E402
 
 BASE = ROOT / "tests" / "fixtures" / "cloudtrail_rules" / "base"
@@ -85,6 +88,10 @@ async def run(args: argparse.Namespace) -> None:
     store: StateStore
     if args.store == "sqlite":
         store = await SqliteStore.open(Path(tmp.name) / "bench.db", clock=clock)
+    elif args.store == "writeback":
+        store = await WriteBackStore.wrap(
+            await SqliteStore.open(Path(tmp.name) / "bench.db", clock=clock), clock,
+            keep=False)
     else:
         store = MemoryStore(clock)
     config = RiposteConfig()
@@ -121,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--principals", type=int, default=2000)
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--store", choices=("sqlite", "memory", "writeback"), default="sqlite")
     asyncio.run(run(parser.parse_args()))
 
 

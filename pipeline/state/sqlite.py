@@ -103,6 +103,13 @@ _SQL_SCAN_OPEN = (
     "AND (expires_at IS NULL OR expires_at > :now) ORDER BY key LIMIT :limit"
 )
 _SQL_PURGE = "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now"
+# A single owner's write-back (pipeline/state/writeback.py): each row has its own expiry,
+# and its version grows by the number of writes it stands for.
+_SQL_PUT_ROW = (
+    "INSERT INTO kv (key, value, version, expires_at) VALUES (:key, :value, :n, :exp) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + :n, "
+    "expires_at = excluded.expires_at"
+)
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -377,18 +384,18 @@ class SqliteStore:
                 found[k] = self._row(k, v, ver, exp)
         return found
 
-    def _put_many(self, rows: Sequence[dict[str, Any]]) -> None:
+    def _put_all(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
         # Always inside a transaction (kind ATOMIC); the savepoint makes the rows all or
         # nothing even when other calls share that transaction.
         db = self._db()
-        db.execute("SAVEPOINT put_many")
+        db.execute("SAVEPOINT put_all")
         try:
-            db.executemany(_SQL_PUT_NO_RETURN, rows)
+            db.executemany(sql, rows)
         except BaseException:
-            db.execute("ROLLBACK TO put_many")
-            db.execute("RELEASE put_many")
+            db.execute("ROLLBACK TO put_all")
+            db.execute("RELEASE put_all")
             raise
-        db.execute("RELEASE put_many")
+        db.execute("RELEASE put_all")
 
     def _purge(self, now: float) -> int:
         return self._db().execute(_SQL_PURGE, {"now": now}).rowcount
@@ -446,7 +453,16 @@ class SqliteStore:
             return
         expires = self._expiry(ttl)
         rows = [{"key": k, "value": orjson.dumps(v), "exp": expires} for k, v in entries]
-        await self._call(self._put_many, rows, kind=_Kind.ATOMIC)
+        await self._call(self._put_all, _SQL_PUT_NO_RETURN, rows, kind=_Kind.ATOMIC)
+
+    async def put_rows(self, rows: Sequence[tuple[str, bytes, float | None, int]]) -> None:
+        """Write-back of a single owner, all or nothing: (key, JSON bytes, absolute expiry,
+        version step) per row. Only :class:`pipeline.state.writeback.WriteBackStore` needs
+        this; it is not part of the StateStore contract."""
+        if rows:
+            await self._call(self._put_all, _SQL_PUT_ROW,
+                             [{"key": k, "value": v, "exp": e, "n": n} for k, v, e, n in rows],
+                             kind=_Kind.ATOMIC)
 
     async def purge_expired(self) -> int:
         """Delete rows whose TTL has passed (reads already ignore them); returns how many."""
