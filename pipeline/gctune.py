@@ -61,10 +61,12 @@ class GcTuning:
         thresholds = gc.get_threshold()
         if self.policy.young_threshold:
             gc.set_threshold(self.policy.young_threshold, thresholds[1], thresholds[2])
-        if self.policy.freeze:
+        # A caller that froze objects itself keeps them frozen, and unfreezes them itself.
+        freeze = self.policy.freeze and gc.get_freeze_count() == 0
+        if freeze:
             gc.collect()  # start-up garbage is freed, not frozen
             gc.freeze()
-        self._saved = _Saved(thresholds, self.policy.freeze)
+        self._saved = _Saved(thresholds, freeze)
         log.debug("garbage collector tuned", extra={
             "gc_thresholds": gc.get_threshold(), "gc_frozen": gc.get_freeze_count()})
 

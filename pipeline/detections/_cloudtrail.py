@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
-from functools import cached_property
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, overload
 from urllib.parse import unquote, unquote_plus
 
 import orjson
@@ -22,8 +21,44 @@ from pipeline.models import Event, ResourceRef
 
 _SERVICE_HOST = re.compile(r"^[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?$", re.IGNORECASE)
 _AWS_INTERNAL = "aws internal"
+# What ipaddress accepts as IPv4: four ASCII decimal octets up to 255, no leading zeros.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+T = TypeVar("T")
+
+
+class lazy(Generic[T]):
+    """Computed on first access, then a plain instance attribute.
+
+    ``functools.cached_property`` takes a lock on every first access (Python < 3.12),
+    which costs more than most of these fields; a view is only ever used by the
+    task that made it, so no lock is needed. Being a non-data descriptor, once the
+    value is in the instance ``__dict__`` later reads never reach ``__get__``.
+    """
+
+    def __init__(self, fn: Callable[[Any], T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> lazy[T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | lazy[T]:
+        if obj is None:
+            return self
+        value = self.fn(obj)
+        obj.__dict__[self.name] = value
+        return value
 
 
 def _raw_record(raw: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -45,8 +80,12 @@ def parse_ip(value: str | None) -> IpAddress | None:
     """An IP address, unwrapping IPv4-mapped IPv6 (``::ffff:10.0.0.1``); None if not one."""
     if not value:
         return None
+    text = value.strip()
+    if _DOTTED_QUAD.fullmatch(text):  # the usual case, without ipaddress's general parser
+        a, b, c, d = text.split(".")
+        return ipaddress.IPv4Address(int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d))
     try:
-        addr = ipaddress.ip_address(value.strip())
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -87,13 +126,50 @@ def as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _pick(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
+          path: tuple[str, ...]) -> str | None:
+    """``attrs[name]`` if set, else the value at ``path`` in the raw record; as a string."""
+    value = attrs.get(name)
+    if value is None:
+        node: Any = record
+        for part in path:
+            if node.__class__ is not dict and not isinstance(node, Mapping):
+                return None
+            node = node.get(part)
+        value = node
+    if value.__class__ is str:
+        return value or None
+    return _str_or_none(value)
+
+
 class CloudTrailView:
-    """Attributes first, raw record second; every accessor tolerates absence."""
+    """Attributes first, raw record second; every accessor tolerates absence.
+
+    The fields nearly every rule reads are filled in at once (a dozen dictionary
+    reads cost less than looking each up on demand); the rest are computed on
+    first use.
+    """
 
     def __init__(self, event: Event) -> None:
         self.event = event
-        self.attrs: Mapping[str, Any] = event.attributes or {}
-        self.record: Mapping[str, Any] = _raw_record(event.raw or {})
+        attrs: Mapping[str, Any] = event.attributes or {}
+        record: Mapping[str, Any] = _raw_record(event.raw or {})
+        self.attrs = attrs
+        self.record = record
+        self.event_name = _pick(attrs, record, "event_name", ("eventName",))
+        self.event_source = _pick(attrs, record, "event_source", ("eventSource",))
+        self.source_ip = _pick(attrs, record, "source_ip", ("sourceIPAddress",))
+        self.user_agent = _pick(attrs, record, "user_agent", ("userAgent",))
+        self.access_key_id = _pick(attrs, record, "access_key_id",
+                                   ("userIdentity", "accessKeyId"))
+        self.principal_arn = _pick(attrs, record, "principal_arn", ("userIdentity", "arn"))
+        self.user_type = _pick(attrs, record, "user_type", ("userIdentity", "type"))
+        self.user_name = _pick(attrs, record, "user_name", ("userIdentity", "userName"))
+        self.session_issuer_arn = _pick(attrs, record, "session_issuer_arn", (
+            "userIdentity", "sessionContext", "sessionIssuer", "arn"))
+        self.invoked_by = _pick(attrs, record, "invoked_by", ("userIdentity", "invokedBy"))
+        self.error_code = _pick(attrs, record, "error_code", ("errorCode",))
+        self.region = event.region or _str_or_none(record.get("awsRegion"))
 
     # --- generic access -----------------------------------------------------------------
     def _identity(self) -> Mapping[str, Any]:
@@ -111,78 +187,29 @@ class CloudTrailView:
         return node
 
     # --- fields -------------------------------------------------------------------------
-    @cached_property
-    def event_name(self) -> str | None:
-        return _str_or_none(self._attr("event_name", "eventName"))
-
-    @cached_property
-    def event_source(self) -> str | None:
-        return _str_or_none(self._attr("event_source", "eventSource"))
-
-    @cached_property
-    def source_ip(self) -> str | None:
-        return _str_or_none(self._attr("source_ip", "sourceIPAddress"))
-
-    @cached_property
-    def user_agent(self) -> str | None:
-        return _str_or_none(self._attr("user_agent", "userAgent"))
-
-    @cached_property
-    def access_key_id(self) -> str | None:
-        return _str_or_none(self._attr("access_key_id", "userIdentity", "accessKeyId"))
-
-    @cached_property
-    def principal_arn(self) -> str | None:
-        return _str_or_none(self._attr("principal_arn", "userIdentity", "arn"))
-
-    @cached_property
-    def user_type(self) -> str | None:
-        return _str_or_none(self._attr("user_type", "userIdentity", "type"))
-
-    @cached_property
-    def user_name(self) -> str | None:
-        return _str_or_none(self._attr("user_name", "userIdentity", "userName"))
-
-    @cached_property
+    @lazy
     def account_id(self) -> str | None:
         return _str_or_none(self._attr("account_id", "userIdentity", "accountId"))
 
-    @cached_property
+    @lazy
     def recipient_account_id(self) -> str | None:
         return _str_or_none(self._attr("recipient_account_id", "recipientAccountId"))
 
-    @cached_property
-    def session_issuer_arn(self) -> str | None:
-        return _str_or_none(self._attr("session_issuer_arn", "userIdentity", "sessionContext",
-                                       "sessionIssuer", "arn"))
-
-    @cached_property
-    def error_code(self) -> str | None:
-        return _str_or_none(self._attr("error_code", "errorCode"))
-
-    @cached_property
+    @lazy
     def error_message(self) -> str | None:
         return _str_or_none(self.record.get("errorMessage"))
 
-    @cached_property
+    @lazy
     def request_parameters(self) -> Mapping[str, Any]:
         value = self._attr("request_parameters", "requestParameters")
         return value if isinstance(value, Mapping) else {}
 
-    @cached_property
+    @lazy
     def response_elements(self) -> Mapping[str, Any]:
         value = self._attr("response_elements", "responseElements")
         return value if isinstance(value, Mapping) else {}
 
-    @cached_property
-    def invoked_by(self) -> str | None:
-        return _str_or_none(self._attr("invoked_by", "userIdentity", "invokedBy"))
-
-    @cached_property
-    def region(self) -> str | None:
-        return self.event.region or _str_or_none(self.record.get("awsRegion"))
-
-    @cached_property
+    @lazy
     def from_console(self) -> bool:
         """The session's credentials came from a console sign-in."""
         value = self._attr("session_credential_from_console", "sessionCredentialFromConsole")
@@ -190,24 +217,24 @@ class CloudTrailView:
             or (self.user_agent or "").strip().lower() in ("console.amazonaws.com",
                                                            "signin.amazonaws.com")
 
-    @cached_property
+    @lazy
     def own_account(self) -> str | None:
         """The account the call was made in (whose resource changed)."""
         return self.recipient_account_id or self.event.account or self.account_id
 
-    @cached_property
+    @lazy
     def ip(self) -> IpAddress | None:
         return parse_ip(self.source_ip)
 
     # --- judgements shared by several rules ----------------------------------------------
-    @cached_property
+    @lazy
     def succeeded(self) -> bool:
         """No errorCode and, for sign-ins, no ``Failure`` response."""
         if self.error_code:
             return False
         return self.response_elements.get("ConsoleLogin") != "Failure"
 
-    @cached_property
+    @lazy
     def service_originated(self) -> bool:
         """Made by an AWS service on the principal's behalf, not by a person or program."""
         if self.invoked_by or self.user_type == "AWSService":
@@ -217,7 +244,7 @@ class CloudTrailView:
         ua = (self.user_agent or "").strip().lower()
         return ua == _AWS_INTERNAL or ua.startswith("aws-internal")
 
-    @cached_property
+    @lazy
     def subject(self) -> str | None:
         """Who to baseline: the role behind a session, else the principal, else the key."""
         if self.user_type == "AssumedRole" and self.session_issuer_arn:

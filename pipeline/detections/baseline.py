@@ -44,7 +44,8 @@ def network_of(view: CloudTrailView) -> str | None:
     if addr is None:
         return None
     if addr.version == 4:
-        return f"{str(addr).rsplit('.', 1)[0]}.0/24"
+        n = int(addr)
+        return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.0/24"
     return str(ipaddress.IPv6Network((int(addr) >> 80 << 80, 48)))
 
 
@@ -102,10 +103,10 @@ class FirstSeenActivity(CloudTrailRule):
             self._known.popitem(last=False)
 
     async def _touch(self, key: str, now: float) -> tuple[bool, float]:
-        """Record ``key`` at event time ``now``: (created by this call, first_seen)."""
-        cached = self._cached(key, now)
-        if cached is not None:
-            return False, cached[0]
+        """Record ``key`` at event time ``now``: (created by this call, first_seen).
+
+        Callers look in the cache first (``_cached``), so the common case awaits nothing.
+        """
         # Not known here: most such keys are new, so try to create it first (one round trip).
         created = await self._store.put_if_absent(
             key, {"first_seen": now, "last_seen": now}, ttl=self._ttl)
@@ -134,11 +135,16 @@ class FirstSeenActivity(CloudTrailRule):
         if not subject:
             return None
         now = view.event.time.timestamp()
-        _, first = await self._touch(f"{PREFIX}{subject}:first", now)
+        key = f"{PREFIX}{subject}:first"
+        cached = self._cached(key, now)
+        first = cached[0] if cached is not None else (await self._touch(key, now))[1]
         learning = now - first < self._learning
         new: list[tuple[str, str]] = []
         for dim, val in _dimensions(view, self._dims):
-            created, _ = await self._touch(f"{PREFIX}{subject}:{dim}:{val}", now)
+            key = f"{PREFIX}{subject}:{dim}:{val}"
+            if self._cached(key, now) is not None:
+                continue
+            created, _ = await self._touch(key, now)
             if created and not learning:
                 new.append((dim, val))
         if learning or not new:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from pipeline.context import RuntimeContext
 
 
+_CACHE_SIZE = 4096
+
+
 def _compile(patterns: list[str]) -> re.Pattern[str] | None:
     if not patterns:
         return None
@@ -42,6 +45,9 @@ class UnusualUserAgent(CloudTrailRule):
         super().__init__(config, ctx)
         self._allow = _compile(config.user_agent_allow)
         self._deny = _compile(config.user_agent_deny)
+        # Verdicts by user agent (outside a console session): a fleet uses a few hundred
+        # distinct ones, and the patterns cost more than the lookup.
+        self._verdicts: dict[str | None, str | None] = {}
 
     def classify(self, user_agent: str | None, *, from_console: bool = False) -> str | None:
         """Why this user agent is unusual (``denied``/``not_allowed``/``missing``) or None.
@@ -60,11 +66,26 @@ class UnusualUserAgent(CloudTrailRule):
             return None
         return "not_allowed"
 
+    def _verdict(self, user_agent: str | None) -> str | None:
+        try:
+            return self._verdicts[user_agent]
+        except KeyError:
+            pass
+        verdict = self.classify(user_agent)
+        if len(self._verdicts) >= _CACHE_SIZE:
+            self._verdicts.clear()
+        self._verdicts[user_agent] = verdict
+        return verdict
+
     async def evaluate(self, view: CloudTrailView) -> Hit | None:
         if not view.succeeded or view.service_originated:
             return None
-        verdict = self.classify(view.user_agent, from_console=view.from_console)
+        verdict = self._verdict(view.user_agent)
         if verdict is None:
+            return None
+        # classify(..., from_console=True) only differs for a browser the lists left open.
+        if verdict == "not_allowed" and view.from_console \
+                and (view.user_agent or "").strip().startswith("Mozilla/"):
             return None
         return Hit(facts={
             "user_agent": view.user_agent,

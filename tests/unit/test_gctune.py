@@ -86,3 +86,13 @@ def test_service_config_gives_the_policy_and_rejects_bad_values() -> None:
     assert custom.gc_policy() == GcPolicy(young_threshold=0, freeze=False)
     with pytest.raises(ConfigError):
         parse_config({"service": {"gc_young_threshold": -1}}, env={})
+
+
+def test_a_callers_own_freeze_is_left_to_the_caller() -> None:
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    tuning = GcTuning(GcPolicy())
+    tuning.apply()
+    assert gc.get_freeze_count() == frozen  # nothing collected or frozen on its behalf
+    tuning.restore()
+    assert gc.get_freeze_count() == frozen  # and not unfrozen either

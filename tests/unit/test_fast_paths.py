@@ -1,0 +1,165 @@
+"""The shortcuts taken on the replay hot path give exactly what the general code gives.
+
+Each shortcut (reading a CloudTrail record without the model, parsing a dotted quad
+without ``ipaddress``, remembering user-agent verdicts, computing view fields once)
+is checked against the general code it stands in for, on the real fixtures and on
+generated input.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import RiposteConfig
+from pipeline.detections._cloudtrail import CloudTrailView, lazy, parse_ip
+from pipeline.detections.registry import RULES
+from pipeline.detections.user_agent import UnusualUserAgent
+from pipeline.errors import PermanentError
+from pipeline.normalizers.cloudtrail import CloudTrailRecord, _Fields, _read
+from pipeline.replay import ReplayOptions, run_replay
+from tests.unit.cloudtrail_cases import BASE, derive, make_ctx, normalized
+
+FIELDS = list(_Fields.__slots__)
+
+
+def _records() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(BASE.glob("*.json")):
+        doc = orjson.loads(path.read_bytes())
+        out.append(doc.get("detail", doc) if "detail-type" in doc else doc)
+    return out
+
+
+def _model_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    rec = CloudTrailRecord.model_validate(doc)
+    return {name: getattr(rec, name) for name in FIELDS}
+
+
+@pytest.mark.parametrize("doc", _records())
+def test_well_formed_records_skip_the_model_with_the_same_fields(doc: dict[str, Any]) -> None:
+    fast = _read(doc)
+    assert isinstance(fast, _Fields)
+    assert {name: getattr(fast, name) for name in FIELDS} == _model_fields(doc)
+
+
+@pytest.mark.parametrize("edit", [
+    {"eventName": ""}, {"eventName": 7}, {"eventSource": None}, {"eventID": ""},
+    {"eventID": 12}, {"awsRegion": 3}, {"userIdentity": "root"}, {"resources": {}},
+    {"event_name": "Shadowed"}, {"recipientAccountId": ["x"]},
+])
+def test_anything_unusual_goes_through_the_model(edit: dict[str, Any]) -> None:
+    doc = dict(_records()[0], **edit)
+    try:
+        expected = _model_fields(doc)
+    except Exception:
+        with pytest.raises(PermanentError):
+            _read(doc)
+        return
+    got = _read(doc)
+    assert isinstance(got, CloudTrailRecord)
+    assert {name: getattr(got, name) for name in FIELDS} == expected
+
+
+def _reference_ip(value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        addr = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+_OCTET = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "", "x",
+                                                                  "\u0661", " 1", "1 "]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.lists(_OCTET, min_size=3, max_size=5).map(".".join),
+    st.ip_addresses().map(str),
+    st.text(max_size=20),
+))
+def test_parse_ip_matches_ipaddress(value: str) -> None:
+    assert parse_ip(value) == _reference_ip(value)
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1", " 10.0.0.1 ", "0.0.0.0", "255.255.255.255",
+                                   "01.0.0.1", "256.0.0.1", "::ffff:10.1.2.3", "1.2.3",
+                                   "AWS Internal", ""])
+def test_parse_ip_examples(value: str) -> None:
+    assert parse_ip(value) == _reference_ip(value)
+
+
+def _ua_rule() -> UnusualUserAgent:
+    ctx = make_ctx()
+    rule, = RULES.build(ctx.config.detections.model_copy(
+        update={"rules": ["unusual_user_agent"]}), ctx)
+    assert isinstance(rule, UnusualUserAgent)
+    return rule
+
+
+@pytest.mark.parametrize("console", [False, True])
+@pytest.mark.parametrize("agent", [None, "", "curl/8.4.0", "Boto3/1.34.0 Botocore/1.34.0",
+                                   "Mozilla/5.0 (X11; Linux x86_64)", " Mozilla/5.0",
+                                   "console.amazonaws.com", "python-requests/2.31"])
+async def test_user_agent_verdicts_remembered_match_classify(agent: str | None,
+                                                             console: bool) -> None:
+    rule = _ua_rule()
+    record = derive("panther-getcalleridentity-awscli.json",
+                    {"sessionCredentialFromConsole": "true"} if console else None)
+    if agent is None:
+        record.pop("userAgent", None)
+    else:
+        record["userAgent"] = agent
+    view = CloudTrailView(normalized(record))
+    expected = rule.classify(view.user_agent, from_console=view.from_console)
+    for _ in range(2):  # the second time from the remembered verdict
+        hit = await rule.evaluate(view)
+        assert (hit.facts["verdict"] if hit is not None else None) == expected
+
+
+def test_lazy_fields_are_computed_once_and_then_plain_attributes() -> None:
+    calls: list[int] = []
+
+    class Thing:
+        @lazy
+        def value(self) -> int:
+            calls.append(1)
+            return 42
+
+    thing = Thing()
+    assert thing.value == 42 and thing.value == 42
+    assert calls == [1] and thing.__dict__["value"] == 42
+    assert isinstance(Thing.__dict__["value"], lazy)
+
+
+def test_view_reads_the_raw_record_when_attributes_are_missing() -> None:
+    event = normalized(derive("panther-getcalleridentity-awscli.json"))
+    bare = CloudTrailView(type(event)(**{**{f: getattr(event, f)
+                                            for f in event.__dataclass_fields__},
+                                         "attributes": {}}))
+    full = CloudTrailView(event)
+    for name in ("event_name", "event_source", "source_ip", "user_agent", "access_key_id",
+                 "principal_arn", "user_type", "user_name", "session_issuer_arn",
+                 "invoked_by", "error_code", "region", "subject", "succeeded"):
+        assert getattr(bare, name) == getattr(full, name), name
+
+
+async def test_replay_puts_the_collector_settings_back(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    (tmp_path / "empty.json").write_text("{}")
+    await run_replay(RiposteConfig(), ReplayOptions(inputs=[str(tmp_path)],
+                                                    state_path=":memory:"))
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
