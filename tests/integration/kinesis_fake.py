@@ -14,14 +14,19 @@ ordering and the per-shard GetRecords rate.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 
+from pipeline.aws import AwsClients
+from pipeline.localaws import environment_for
 from tests.loopback import start_app
 
 MAX_HASH = str(2**128 - 1)
@@ -230,3 +235,22 @@ def _ok(payload: dict[str, Any]) -> web.Response:
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.Response(status=status, content_type=_JSON,
                         body=orjson.dumps({"__type": code, "message": message}))
+
+
+@contextlib.asynccontextmanager
+async def serving(fake: KinesisFake, monkeypatch: pytest.MonkeyPatch
+                  ) -> AsyncIterator[AwsClients]:
+    """Start ``fake`` and yield AWS clients whose Kinesis calls reach it (and nothing else)."""
+    url = await fake.start()
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for key, value in environment_for(url).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", url)
+    clients = AwsClients("us-east-1")
+    try:
+        yield clients
+    finally:
+        await clients.aclose()
+        await fake.stop()

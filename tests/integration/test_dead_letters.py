@@ -30,13 +30,12 @@ from pipeline.clock import EventTimeClock
 from pipeline.config import KinesisSourceConfig, parse_config
 from pipeline.dead_letters import list_dead_letters, redrive_kinesis
 from pipeline.errors import ConfigError
-from pipeline.localaws import environment_for
 from pipeline.retry import instant_retries
 from pipeline.sources.base import Message, Outcome
 from pipeline.sources.kinesis import deadletter_key, deadletter_prefix
 from pipeline.state.base import StateStore
 from pipeline.state.sqlite import SqliteStore
-from tests.integration.kinesis_fake import KinesisFake
+from tests.integration.kinesis_fake import KinesisFake, serving
 from tests.integration.test_kinesis_source import (
     Consumer,
     create_stream,
@@ -298,16 +297,8 @@ class RefusingKinesis(KinesisFake):
 async def refusing(monkeypatch: pytest.MonkeyPatch
                    ) -> AsyncIterator[tuple[RefusingKinesis, AwsClients]]:
     kinesis = RefusingKinesis(f"fake-{uuid.uuid4().hex[:8]}")
-    url = await kinesis.start()
-    for key, value in environment_for(url).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", url)
-    clients = AwsClients("us-east-1")
-    try:
+    async with serving(kinesis, monkeypatch) as clients:
         yield kinesis, clients
-    finally:
-        await clients.aclose()
-        await kinesis.stop()
 
 
 async def test_a_record_putrecords_refuses_keeps_its_dead_letter(

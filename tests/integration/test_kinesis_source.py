@@ -27,7 +27,6 @@ from pipeline.aws import AwsClients
 from pipeline.config import KinesisSourceConfig, RiposteConfig
 from pipeline.context import RuntimeContext
 from pipeline.errors import ConfigError
-from pipeline.localaws import environment_for
 from pipeline.retry import instant_retries
 from pipeline.sources.base import InFlightBudget, Message, Outcome, Source
 from pipeline.sources.checkpoints import SHARD_END, CheckpointStore
@@ -35,7 +34,7 @@ from pipeline.sources.kinesis import KinesisSource, build, deadletter_key
 from pipeline.sources.leases import lease_key, lease_prefix
 from pipeline.state.base import StateStore, Stored
 from pipeline.state.memory import MemoryStore
-from tests.integration.kinesis_fake import KinesisFake
+from tests.integration.kinesis_fake import KinesisFake, serving
 
 pytestmark = pytest.mark.integration
 
@@ -251,19 +250,8 @@ async def test_retry_then_dead_letter_keeps_the_record(boto: Any, aws: AwsClient
 @pytest_asyncio.fixture(loop_scope="function")
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[KinesisFake, AwsClients]]:
     kinesis = KinesisFake(f"fake-{uuid.uuid4().hex[:8]}", page_size=2)
-    url = await kinesis.start()
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    for key, value in environment_for(url).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", url)
-    clients = AwsClients("us-east-1")
-    try:
+    async with serving(kinesis, monkeypatch) as clients:
         yield kinesis, clients
-    finally:
-        await clients.aclose()
-        await kinesis.stop()
 
 
 @pytest.mark.parametrize("end_style", ["null", "children"])
