@@ -3,6 +3,9 @@
 The list (``firewall_domain_list_id``) is one a DNS Firewall rule group already
 blocks with; the action only adds the domain a GuardDuty DNS finding names, after
 reading the list so the before-state says whether the domain was already there.
+The instance that made the lookup is read too, for its live tags: an instance tagged
+exempt since the finding was raised is left alone like with every other action. An
+instance that is gone by then does not stop the block: the domain is still bad.
 Rollback removes the domain only if this action added it. The local AWS stand-in
 (moto) has no DNS Firewall, so the tests run the real client against a local fake
 of the Route 53 Resolver JSON API (``ListFirewallDomains``, ``UpdateFirewallDomains``).
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from pipeline.actions._ec2 import describe_instance
 from pipeline.actions.base import (
     ActionFailed,
     Applied,
@@ -25,6 +29,7 @@ from pipeline.actions.base import (
     Step,
     call,
     describe,
+    tags_dict,
 )
 from pipeline.actions.config import DnsBlockSettings
 from pipeline.actions.registry import register
@@ -59,6 +64,7 @@ class DnsBlockDomain(BaseAction):
     resource_types: ClassVar[frozenset[str]] = frozenset({"ec2.instance"})
     permissions: ClassVar[frozenset[str]] = frozenset({
         "route53resolver:ListFirewallDomains", "route53resolver:UpdateFirewallDomains",
+        "ec2:DescribeInstances",
     })
 
     async def plan(self, request: PlanRequest, aws: ClientSource) -> Plan:
@@ -74,6 +80,11 @@ class DnsBlockDomain(BaseAction):
             raise
         if domain in listed:
             raise InEffect(f"{domain} is already on {s.firewall_domain_list_id}")
+        try:
+            instance = await describe_instance(aws, request.region, request.resource.id)
+            live_tags: dict[str, str] | None = tags_dict(instance.get("Tags"))
+        except Refused:  # terminated or gone: nothing to read, the domain is still bad
+            live_tags = None
         steps = (Step(call("route53resolver", "UpdateFirewallDomains", {
             "FirewallDomainListId": s.firewall_domain_list_id, "Operation": "ADD",
             "Domains": [domain]}, account=request.account, region=request.region)),)
@@ -81,7 +92,8 @@ class DnsBlockDomain(BaseAction):
                     resource=request.resource, account=request.account, region=request.region,
                     steps=steps, before={"domain": domain, "list_id": s.firewall_domain_list_id,
                                          "listed": False},
-                    settings=s.model_dump(), created_at=request.now)
+                    settings=s.model_dump(), created_at=request.now,
+                    resource_tags=live_tags)
 
     async def verify(self, applied: Applied, aws: ClientSource) -> bool:
         b = applied.plan.before

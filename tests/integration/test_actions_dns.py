@@ -24,6 +24,7 @@ from tests.integration.actions_support import (
     containment,
     context,
     incident,
+    make_instance,
 )
 from tests.loopback import start_app
 
@@ -136,3 +137,20 @@ async def test_unknown_list_or_missing_domain_is_skipped(resolver: FakeResolver,
     rec = await _run(ctx, _incident(""))
     assert rec.status == ActionStatus.SKIPPED and "no domain" in rec.reason
     assert not [c for c in resolver.calls if c[0] == "UpdateFirewallDomains"]
+
+
+async def test_an_instance_tagged_exempt_since_the_finding_is_left_alone(
+        resolver: FakeResolver, aws: Any, boto: Any) -> None:
+    """The finding's own copy of the instance has no tags; the live instance does."""
+    ids = make_instance(boto, tags={"riposte:exempt": "incident-response lab"})
+    ref = ResourceRef(type="ec2.instance", id=ids["instance"], account=HOME, region=REGION)
+    inc = incident(ref, finding_type="Backdoor:EC2/C&CActivity.B!DNS",
+                   attributes={"domain": "evil.example.com"})
+    before = list(resolver.lists[LIST_ID])
+    ctx = context(containment(_spec()), MemoryStore(), aws, FixedClock())
+
+    rec = await _run(ctx, inc)
+
+    assert rec.status == ActionStatus.SKIPPED
+    assert "exempt" in rec.reason and "seen live" in rec.reason
+    assert resolver.lists[LIST_ID] == before
