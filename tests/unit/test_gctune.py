@@ -90,9 +90,11 @@ def test_service_config_gives_the_policy_and_rejects_bad_values() -> None:
 
 def test_a_callers_own_freeze_is_left_to_the_caller() -> None:
     gc.freeze()
-    frozen = gc.get_freeze_count()
+    frozen = gc.get_freeze_count()  # frozen objects may still be freed: it can only drop
+    young: list[list[int]] = [[] for _ in range(1000)]  # what a second freeze would take in
     tuning = GcTuning(GcPolicy())
     tuning.apply()
-    assert gc.get_freeze_count() == frozen  # nothing collected or frozen on its behalf
+    assert 0 < gc.get_freeze_count() <= frozen  # nothing frozen on its behalf
     tuning.restore()
-    assert gc.get_freeze_count() == frozen  # and not unfrozen either
+    assert 0 < gc.get_freeze_count() <= frozen  # and nothing unfrozen either
+    assert len(young) == 1000
