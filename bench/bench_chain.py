@@ -58,6 +58,7 @@ from bench.common import (
     CpuTimer,
     free_port,
     rss_mib,
+    sqs_client_rate,
     start_process,
     stop_process,
     use_endpoint,
@@ -183,7 +184,17 @@ def ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1000:,.0f} ms"
 
 
+def sqs_yardstick(mix: str, messages: int = 3000) -> float:
+    """The bare aiobotocore client receiving and deleting the same feed, per CPU second."""
+    endpoint, proc = with_intakes(["--total", str(messages), "--mix", mix])
+    try:
+        return asyncio.run(sqs_client_rate(f"{endpoint}/{ACCOUNT}/bench", messages))
+    finally:
+        stop_process(proc)
+
+
 def throughput(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
+    yardstick = sqs_yardstick(args.mix)
     total = args.events + args.warmup
     endpoint, proc = with_intakes(["--total", str(total), "--mix", args.mix,
                                    "--resources", str(args.resources)])
@@ -202,6 +213,9 @@ def throughput(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
     print(f"  events/s wall                {result['measured'] / result['wall']:>10,.0f}   "
           f"(CPU {result['cpu']:.2f} s over {result['wall']:.2f} s wall)")
     print(f"  CPU per event                {result['cpu'] / result['measured'] * 1e6:>10,.0f} us")
+    # The machine's speed varies from hour to hour: read the figure against this yardstick.
+    print(f"  yardstick: SQS client alone  {yardstick:>10,.0f} msgs/s per core "
+          f"(the chain runs at {per_core / yardstick:.3f} of it)")
     print(f"  outcomes {result['outcomes']}; sink requests {stats['requests']}; "
           f"items with markers {stats['markers']}; EC2 calls {stats['ec2_calls']}")
     return per_core, stats

@@ -30,6 +30,7 @@ from bench.common import (  # noqa: E402
     BENCH,
     free_port,
     rss_mib,
+    sqs_client_rate,
     start_process,
     stop_process,
     use_endpoint,
@@ -86,26 +87,18 @@ async def run_source(source_kind: str, endpoint: str, events: int) -> tuple[floa
 
 async def client_floor(source_kind: str, endpoint: str, events: int) -> float:
     """Events per CPU second for the bare aiobotocore client doing the same I/O."""
+    if source_kind == "sqs":
+        return await sqs_client_rate(f"{endpoint}/123456789012/bench", events)
     aws = AwsClients("us-east-1")
     n = 0
     cpu0 = time.process_time()
-    if source_kind == "sqs":
-        client = await aws.client("sqs")
-        url = f"{endpoint}/123456789012/bench"
-        while n < events:
-            got = await client.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
-            msgs = got.get("Messages", [])
-            await client.delete_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
-            n += len(msgs)
-    else:
-        client = await aws.client("kinesis")
-        it = (await client.get_shard_iterator(StreamName="bench", ShardId="shardId-000000000000",
-                                              ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
-        while n < events:
-            got = await client.get_records(ShardIterator=it, Limit=5000)
-            n += len(got["Records"])
-            it = got["NextShardIterator"]
+    client = await aws.client("kinesis")
+    it = (await client.get_shard_iterator(StreamName="bench", ShardId="shardId-000000000000",
+                                          ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    while n < events:
+        got = await client.get_records(ShardIterator=it, Limit=5000)
+        n += len(got["Records"])
+        it = got["NextShardIterator"]
     cpu = time.process_time() - cpu0
     await aws.aclose()
     return n / cpu

@@ -114,3 +114,28 @@ class CpuTimer:
         self.cpu = time.process_time() - self.cpu0
         self.wall = time.perf_counter() - self.wall0
         return self
+
+
+async def sqs_client_rate(queue_url: str, messages: int) -> float:
+    """Messages per CPU second for the bare aiobotocore client receiving (10 at a time) and
+    deleting them in batches: the yardstick SQS figures are read against, since this
+    machine's own speed varies from hour to hour."""
+    from pipeline.aws import AwsClients
+
+    aws = AwsClients("us-east-1")
+    client = await aws.client("sqs")
+    done = 0
+    cpu0 = time.process_time()
+    try:
+        while done < messages:
+            got = await client.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
+            batch = got.get("Messages", [])
+            if not batch:
+                break
+            await client.delete_message_batch(QueueUrl=queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                for i, m in enumerate(batch)])
+            done += len(batch)
+        return done / (time.process_time() - cpu0)
+    finally:
+        await aws.aclose()
