@@ -39,13 +39,15 @@ class BatchReader(Generic[K, V]):
     """
 
     def __init__(self, fetch: Fetch[K, V], *, max_batch: int = 100, max_in_flight: int = 4,
-                 isolate: Callable[[BaseException], bool] | None = None) -> None:
+                 isolate: Callable[[BaseException], bool] | None = None,
+                 on_call: Callable[[int], None] | None = None) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
         self._fetch = fetch
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._isolate = isolate
+        self._on_call = on_call  # told the number of keys of every call (metrics)
         self._pending: dict[K, list[asyncio.Future[V | None]]] = {}
         self._in_flight = 0
         self._scheduled = False
@@ -92,6 +94,8 @@ class BatchReader(Generic[K, V]):
         keys = list(batch)
         self.calls += 1
         self.keys += len(keys)
+        if self._on_call is not None:
+            self._on_call(len(keys))
         try:
             found = await self._fetch(keys)
         except asyncio.CancelledError:

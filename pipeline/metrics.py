@@ -65,6 +65,15 @@ TIME_TO_CONTAIN = Histogram("riposte_time_to_contain_seconds",
                             "to containment", ["basis"], buckets=_CONTAIN_BUCKETS,
                             registry=REGISTRY)
 
+# Coalesced reads (pipeline/coalesce.py): calls made, and the keys they answered; keys
+# per call is the batching achieved (1.0 means nothing was gained).
+CONTAINMENT_READ_CALLS = Counter("riposte_containment_read_calls",
+                                 "Describe calls made by containment's coalesced reads",
+                                 ["operation"], registry=REGISTRY)
+CONTAINMENT_READ_KEYS = Counter("riposte_containment_read_keys",
+                                "Resources asked for by containment's coalesced reads",
+                                ["operation"], registry=REGISTRY)
+
 TIME_TO_DETECT = Histogram("riposte_time_to_detect_seconds",
                            "From an incident's first event's creation to Riposte receiving it "
                            "(MTTD)", buckets=_CONTAIN_BUCKETS, registry=REGISTRY)

@@ -15,9 +15,10 @@ import asyncio
 import re
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pipeline import metrics
 from pipeline.actions.base import ActionFailed, ClientSource, Refused, describe
 from pipeline.coalesce import BatchReader
 
@@ -37,15 +38,26 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, ActionFailed)
 
 
-def _reader(aws: ClientSource, region: str, what: str,
+def _counting(operation: str) -> Callable[[int], None]:
+    calls = metrics.CONTAINMENT_READ_CALLS.labels(operation=operation)
+    keys = metrics.CONTAINMENT_READ_KEYS.labels(operation=operation)
+
+    def count(n: int) -> None:
+        calls.inc()
+        keys.inc(n)
+
+    return count
+
+
+def _reader(aws: ClientSource, region: str, operation: str,
             fetch: Any) -> BatchReader[Any, Any]:
     readers = _readers.setdefault(asyncio.get_running_loop(), OrderedDict())
-    key = (id(aws), region, what)
+    key = (id(aws), region, operation)
     reader = readers.get(key)
     if reader is None:
         # The fetch closure holds ``aws``, so ``id(aws)`` cannot be reused while it lives.
         reader = readers[key] = BatchReader(fetch, max_batch=MAX_IDS_PER_CALL,
-                                            isolate=_permanent)
+                                            isolate=_permanent, on_call=_counting(operation))
         while len(readers) > _MAX_READERS:
             readers.popitem(last=False)
     readers.move_to_end(key)
@@ -70,7 +82,7 @@ def _instance_reader(aws: ClientSource, region: str) -> BatchReader[str, dict[st
                     found[str(instance.get("InstanceId"))] = dict(instance)
         return found
 
-    return _reader(aws, region, "instances", fetch)
+    return _reader(aws, region, "DescribeInstances", fetch)
 
 
 def _group_reader(aws: ClientSource, region: str) -> BatchReader[tuple[str, str], str]:
@@ -86,7 +98,7 @@ def _group_reader(aws: ClientSource, region: str) -> BatchReader[tuple[str, str]
                                  str(group["GroupId"]))
         return found
 
-    return _reader(aws, region, "groups", fetch)
+    return _reader(aws, region, "DescribeSecurityGroups", fetch)
 
 
 async def describe_instance(aws: ClientSource, region: str, instance_id: str) -> dict[str, Any]:

@@ -339,6 +339,8 @@ async def test_concurrent_instance_reads_coalesce_into_one_describe(boto: Any,
     source = AccountSession(account=HOME, aws=aws)
     reader = _ec2._instance_reader(source, REGION)
     calls, keys = reader.calls, reader.keys
+    counted = (metrics.value(metrics.CONTAINMENT_READ_CALLS, operation="DescribeInstances"),
+               metrics.value(metrics.CONTAINMENT_READ_KEYS, operation="DescribeInstances"))
 
     results = await asyncio.gather(
         *(_ec2.describe_instance(source, REGION, i) for i in wanted),
@@ -357,3 +359,7 @@ async def test_concurrent_instance_reads_coalesce_into_one_describe(boto: Any,
         {"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]["GroupId"]
     assert results[7] == default
     assert (reader.calls, reader.keys) == (calls + 1, keys + 5)
+    # What operators see: one call, five instances asked for.
+    assert (metrics.value(metrics.CONTAINMENT_READ_CALLS, operation="DescribeInstances"),
+            metrics.value(metrics.CONTAINMENT_READ_KEYS, operation="DescribeInstances")) == (
+        counted[0] + 1, counted[1] + 5)

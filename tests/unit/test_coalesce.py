@@ -39,11 +39,13 @@ class Backend:
 
 async def test_reads_made_together_share_one_call() -> None:
     backend = Backend(missing=frozenset({"gone"}))
-    reader = BatchReader(backend.fetch)
+    told: list[int] = []
+    reader = BatchReader(backend.fetch, on_call=told.append)
     values = await asyncio.gather(*(reader.get(k) for k in ["a", "b", "a", "gone", "c"]))
     assert values == [("a", 1), ("b", 1), ("a", 1), None, ("c", 1)]
     assert backend.calls == [["a", "b", "gone", "c"]]  # a repeated key is asked for once
     assert (reader.calls, reader.keys) == (1, 4)
+    assert told == [4]  # the metrics hook hears of every call and its size
 
 
 async def test_a_read_never_gets_an_answer_that_was_already_on_its_way() -> None:
