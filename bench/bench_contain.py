@@ -32,47 +32,19 @@ from bench.common import (  # noqa: E402
     use_endpoint,
 )
 
-NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 
-
-# --- the canned EC2 stand-in (separate process) -----------------------------------------------
-def _instance_xml(instance_id: str, groups: list[str]) -> str:
-    gset = "".join(f"<item><groupId>{g}</groupId><groupName>{g}</groupName></item>"
-                   for g in groups)
-    return (f"<item><instanceId>{instance_id}</instanceId><vpcId>vpc-bench</vpcId>"
-            f"<subnetId>subnet-bench</subnetId><instanceState><code>16</code><name>running"
-            f"</name></instanceState><groupSet>{gset}</groupSet><networkInterfaceSet><item>"
-            f"<networkInterfaceId>eni-{instance_id[2:]}</networkInterfaceId><subnetId>"
-            f"subnet-bench</subnetId><privateIpAddress>10.0.0.5</privateIpAddress><attachment>"
-            f"<deviceIndex>0</deviceIndex></attachment><groupSet>{gset}</groupSet></item>"
-            f"</networkInterfaceSet><tagSet/></item>")
-
-
+# --- the EC2 stand-in (separate process): the same answers as bench_chain's ------------------
 def serve(port: int) -> None:
     from aiohttp import web
 
+    from bench.fast_intakes import Recorder, ec2_answer
+
     groups: dict[str, list[str]] = {}
+    recorder = Recorder()
 
     async def handle(request: web.Request) -> web.Response:
         form = {k: v[0] for k, v in parse_qs(await request.text()).items()}
-        action = form.get("Action", "")
-        if action == "DescribeInstances":
-            iid = form["InstanceId.1"]
-            body = (f"<reservationSet><item><reservationId>r-1</reservationId><instancesSet>"
-                    f"{_instance_xml(iid, groups.setdefault(iid, ['sg-app']))}</instancesSet>"
-                    f"</item></reservationSet>")
-        elif action == "DescribeSecurityGroups":
-            body = ("<securityGroupInfo><item><groupId>sg-quarantine</groupId><groupName>"
-                    "riposte-quarantine</groupName><vpcId>vpc-bench</vpcId></item>"
-                    "</securityGroupInfo>")
-        elif action == "ModifyInstanceAttribute":
-            groups[form["InstanceId"]] = [form["GroupId.1"]]
-            body = "<return>true</return>"
-        else:
-            return web.Response(status=400, text=f"unsupported {action}")
-        xml = (f'<{action}Response xmlns="{NS}"><requestId>bench</requestId>{body}'
-               f"</{action}Response>")
-        return web.Response(text=xml, content_type="text/xml")
+        return ec2_answer(form, groups, recorder)
 
     app = web.Application()
     app.router.add_post("/", handle)
@@ -135,8 +107,8 @@ async def measure(n: int, concurrency: int) -> None:
     ctx = RuntimeContext(config=RiposteConfig(containment=cfg), store=MemoryStore(), aws=aws)
     stage = build(ctx.config, ctx)
 
-    async def one(i: int, prefix: str) -> float:
-        iid = f"i-{prefix}{i:012x}"
+    async def one(i: int, run: int) -> float:
+        iid = f"i-{run:05x}{i:012x}"  # well formed (17 hex digits), unique per run
         ref = ResourceRef(type="ec2.instance", id=iid, account=HOME, region=REGION)
         started = time.perf_counter()
         out = await stage.process(incident(ref))
@@ -144,16 +116,16 @@ async def measure(n: int, concurrency: int) -> None:
         return issued[iid] - started
 
     for i in range(20):  # warm up: clients, connection pool, imports
-        await one(i, "w")
+        await one(i, 0)
     for conc in sorted({1, concurrency}):
         sem = asyncio.Semaphore(conc)
 
-        async def bounded(i: int, prefix: str, sem: asyncio.Semaphore = sem) -> float:
+        async def bounded(i: int, run: int, sem: asyncio.Semaphore = sem) -> float:
             async with sem:
-                return await one(i, prefix)
+                return await one(i, run)
 
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        lat = await asyncio.gather(*(bounded(i, f"c{conc}x") for i in range(n)))
+        lat = await asyncio.gather(*(bounded(i, conc) for i in range(n)))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         # Nearest-rank percentiles: statistics.quantiles extrapolates past the maximum on
         # small samples (it printed a p99 above the max).

@@ -249,7 +249,9 @@ def _instance_xml(instance_id: str, groups: list[str]) -> str:
             f"</networkInterfaceSet><tagSet/></item>")
 
 
-def _ec2(form: dict[str, str], groups: dict[str, list[str]], rec: Recorder) -> web.Response:
+def ec2_answer(form: dict[str, str], groups: dict[str, list[str]], rec: Recorder
+               ) -> web.Response:
+    """The EC2 query API's answer to one request (``bench_contain`` serves it too)."""
     action = form.get("Action", "")
     rec.ec2_calls[action] += 1
     if action == "DescribeInstances":
@@ -307,7 +309,7 @@ def make_app(feed: Feed) -> web.Application:
             return web.Response(body=orjson.dumps(answer),
                                 content_type="application/x-amz-json-1.0")
         form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
-        return _ec2(form, groups, rec)
+        return ec2_answer(form, groups, rec)
 
     async def import_findings(request: web.Request) -> web.Response:
         raw = await request.read()
