@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cloudtrail_workload import AGENTS, APIS, BASE, T0  # noqa: E402
 from pipeline.aws import AwsClients  # noqa: E402
 from pipeline.clock import EventTimeClock  # noqa: E402
 from pipeline.config import RiposteConfig  # noqa: E402
@@ -45,14 +46,6 @@ from pipeline.state.sqlite import SqliteStore  # noqa: E402
 from pipeline.state.writeback import WriteBackStore  # noqa: E402
 from pipeline.trust import build as build_trust  # noqa: E402
 
-BASE = ROOT / "tests" / "fixtures" / "cloudtrail_rules" / "base"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-APIS = [("sts.amazonaws.com", "GetCallerIdentity"), ("s3.amazonaws.com", "GetObject"),
-        ("s3.amazonaws.com", "ListBuckets"), ("ec2.amazonaws.com", "DescribeInstances"),
-        ("iam.amazonaws.com", "ListUsers"), ("iam.amazonaws.com", "CreateUser"),
-        ("lambda.amazonaws.com", "Invoke"), ("kms.amazonaws.com", "Decrypt")]
-AGENTS = ["aws-cli/2.15.59 md/awscrt#0.19.19 ua/2.0 os/linux#6.1", "Boto3/1.34.0 Botocore/1.34.0",
-          "aws-sdk-go/1.44.0 (go1.21; linux; amd64)", "console.amazonaws.com", "curl/8.4.0"]
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 
 
