@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.actions import registry
+from pipeline.actions.blast_radius import BlastRadius
 from pipeline.actions.config import ContainmentConfig
 from pipeline.actions.policy import match_policies
 from pipeline.aws import AwsClients
@@ -49,7 +50,6 @@ from pipeline.models import (
     Incident,
     RawRecord,
 )
-from pipeline.ratelimit import SharedTokenBucket
 from pipeline.readonly_aws import ReadOnlyAwsClients
 from pipeline.sources.base import Message
 from pipeline.sources.files import Body, count_local_files, iter_local, iter_s3, utc
@@ -175,13 +175,8 @@ class SimulatedResponse:
                  clock: Clock) -> None:
         self.inner = inner
         self.config = config
-        per_minute = config.rate_limit.actions_per_minute
-        self.bucket = SharedTokenBucket(store, "replay:containment", rate=per_minute / 60.0,
-                                        burst=max(1.0, per_minute), clock=clock)
-        self.type_buckets = {
-            rtype: SharedTokenBucket(store, f"replay:containment:{rtype}", rate=cap / 60.0,
-                                     burst=max(1.0, cap), clock=clock)
-            for rtype, cap in config.rate_limit.per_resource_type.items()}
+        self.blast_radius = BlastRadius(config.rate_limit, store, clock,
+                                        name="replay:containment")
 
     async def process(self, item: Any) -> Sequence[Any]:
         out = await self.inner.process(item)
@@ -216,21 +211,13 @@ class SimulatedResponse:
                            reason=f"policy {policy} requires approval")
         if mode != "enforce":
             return record
-        if registry.get(record.kind).disruptive and not await self._take_token(
+        if registry.get(record.kind).disruptive and not await self.blast_radius.take(
                 record.resource.type):
-            limit = self.config.rate_limit
-            cap = limit.per_resource_type.get(record.resource.type)
-            why = (f"blast-radius limit reached ({limit.actions_per_minute:g} actions/min"
-                   + (f", {cap:g}/min for {record.resource.type}" if cap else "") + ")")
             return replace(record, mode=ActionMode.ENFORCE,
-                           status=ActionStatus.AWAITING_APPROVAL, reason=why)
+                           status=ActionStatus.AWAITING_APPROVAL,
+                           reason=self.blast_radius.reason(record.resource.type))
         return replace(record, mode=ActionMode.ENFORCE)
 
-    async def _take_token(self, resource_type: str) -> bool:
-        capped = self.type_buckets.get(resource_type)
-        if capped is not None and not await capped.try_acquire():
-            return False
-        return await self.bucket.try_acquire()
 
 
 def passes(event: Event, opts: ReplayOptions) -> bool:

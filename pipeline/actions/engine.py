@@ -41,6 +41,7 @@ from pipeline.actions.base import (
     Refused,
     action_id,
 )
+from pipeline.actions.blast_radius import BlastRadius
 from pipeline.actions.codec import (
     applied_from,
     applied_to,
@@ -81,7 +82,6 @@ from pipeline.models import (
     IncidentPhase,
     ResourceRef,
 )
-from pipeline.ratelimit import SharedTokenBucket
 from pipeline.state.base import StateStore
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,7 @@ class ContainmentEngine:
         self.approvals = Approvals(store, clock, ttl=config.approval_ttl_seconds)
         self.reservations = Reservations(
             store, ttl=config.approval_ttl_seconds + config.claim_timeout_seconds)
-        per_minute = config.rate_limit.actions_per_minute
-        self.bucket = SharedTokenBucket(store, "containment", rate=per_minute / 60.0,
-                                        burst=max(1.0, per_minute), clock=clock)
-        self.type_buckets = {
-            rtype: SharedTokenBucket(store, f"containment:{rtype}", rate=cap / 60.0,
-                                     burst=max(1.0, cap), clock=clock)
-            for rtype, cap in config.rate_limit.per_resource_type.items()}
+        self.blast_radius = BlastRadius(config.rate_limit, store, clock)
         self._counters: dict[tuple[str, str, str], Any] = {}
         for kind in registry.kinds():
             registry.get(kind)  # fail at start-up, not on the first incident
@@ -456,19 +450,10 @@ class ContainmentEngine:
         if mode == ActionMode.APPROVE:
             return await self._to_approval(stored, plan, mode,
                                            f"policy {cand.policy} requires approval"), True
-        if action.disruptive and not await self._take_token(resource.type):
-            limit = self.config.rate_limit
-            cap = limit.per_resource_type.get(resource.type)
-            why = (f"blast-radius limit reached ({limit.actions_per_minute:g} actions/min"
-                   + (f", {cap:g}/min for {resource.type}" if cap else "") + ")")
-            return await self._to_approval(stored, plan, mode, why), True
+        if action.disruptive and not await self.blast_radius.take(resource.type):
+            return await self._to_approval(stored, plan, mode,
+                                           self.blast_radius.reason(resource.type)), True
         return await self._execute(stored, action, plan, session, mode), True
-
-    async def _take_token(self, resource_type: str) -> bool:
-        capped = self.type_buckets.get(resource_type)
-        if capped is not None and not await capped.try_acquire():
-            return False
-        return await self.bucket.try_acquire()
 
     async def _to_approval(self, claim: Entry, plan: Plan, mode: ActionMode, reason: str
                            ) -> ActionRecord:
