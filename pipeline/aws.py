@@ -13,12 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
 DEFAULT_REGION = "us-east-1"
+
+
+def aws_error_code(exc: BaseException) -> str | None:
+    """The code of an AWS error answer (a botocore ``ClientError``'s ``Error.Code``); None
+    for what is no AWS answer at all (no endpoint, no credentials, a timeout)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        error = response.get("Error")
+        if isinstance(error, Mapping) and error.get("Code"):
+            return str(error["Code"])
+    return None
 
 
 class AwsClients:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import orjson
 
+from pipeline.aws import aws_error_code
 from pipeline.sources.kinesis import DEADLETTER_PREFIX as KINESIS_PREFIX
 from pipeline.sources.kinesis import deadletter_prefix
 from pipeline.state.base import StateStore, Stored
@@ -195,13 +196,9 @@ def _batches(entries: Sequence[_Entry]) -> Iterator[list[_Entry]]:
         yield batch
 
 
+
 def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        error = response.get("Error")
-        if isinstance(error, Mapping) and error.get("Code"):
-            return str(error["Code"])
-    return type(exc).__name__
+    return aws_error_code(exc) or type(exc).__name__
 
 
 async def redrive_kinesis(store: StateStore, client: Any, stream: str, *,

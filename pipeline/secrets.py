@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, SecretStr
 
-from pipeline.aws import AwsClients
+from pipeline.aws import AwsClients, aws_error_code
 from pipeline.config import secret_reference
 from pipeline.errors import ConfigError
 from pipeline.logs import register_secret
@@ -58,11 +58,9 @@ class _Unresolvable(Exception):
 
 
 def _error_reason(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        error = response.get("Error")
-        if isinstance(error, Mapping) and error.get("Code"):
-            return str(error["Code"])
+    code = aws_error_code(exc)
+    if code is not None:
+        return code
     # Not an AWS answer (no endpoint, no credentials): the text says what is wrong.
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

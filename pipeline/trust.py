@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from pipeline import metrics
-from pipeline.aws import AwsClients
+from pipeline.aws import AwsClients, aws_error_code
 from pipeline.config import RiposteConfig, TrustConfig
 from pipeline.context import RuntimeContext
 from pipeline.errors import RetriableError
@@ -140,7 +140,7 @@ class GuardDutyRefetcher:
             response = await client.get_findings(DetectorId=match["detector"],
                                                  FindingIds=[finding_id])
         except Exception as exc:
-            code = _error_code(exc)
+            code = aws_error_code(exc)
             if code in _NOT_FOUND_CODES:
                 return None
             reason = "refetch_access_denied" if code and "AccessDenied" in code \
@@ -155,16 +155,6 @@ class GuardDutyRefetcher:
                     self._cache.popitem(last=False)
                 return finding  # type: ignore[no-any-return]
         return None
-
-
-def _error_code(exc: BaseException) -> str | None:
-    """A botocore ClientError's code; None for connection errors and timeouts."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        error = response.get("Error")
-        if isinstance(error, Mapping) and error.get("Code"):
-            return str(error["Code"])
-    return None
 
 
 def fetched_is_sample(finding: Mapping[str, Any]) -> bool:

@@ -48,6 +48,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from pipeline import metrics, retry
+from pipeline.aws import aws_error_code
 from pipeline.config import KinesisSourceConfig
 from pipeline.context import RuntimeContext
 from pipeline.errors import ConfigError
@@ -114,15 +115,6 @@ class AllShards:
 
     async def aclose(self) -> None:
         return None
-
-
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        error = response.get("Error")
-        if isinstance(error, Mapping):
-            return str(error.get("Code", ""))
-    return ""
 
 
 def _epoch(value: Any) -> float | None:
@@ -322,7 +314,7 @@ class KinesisSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if first and _error_code(exc) == "ResourceNotFoundException":
+                if first and aws_error_code(exc) == "ResourceNotFoundException":
                     # A stream that does not exist is a configuration error, found at start.
                     self._failure = ConfigError(f"kinesis stream {self.stream!r} not found: "
                                                 f"{exc}", component=f"source:{self.name}")
@@ -464,7 +456,7 @@ class KinesisSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                code = _error_code(exc)
+                code = aws_error_code(exc) or ""
                 if code == "ExpiredIteratorException":
                     log.info("kinesis iterator expired; fetching a new one",
                              extra={"source": self.name, "shard": shard_id})
