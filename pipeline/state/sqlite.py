@@ -72,7 +72,6 @@ _SQL_PUT = (
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, "
     "expires_at = excluded.expires_at RETURNING version"
 )
-_SQL_PUT_NO_RETURN = _SQL_PUT.removesuffix(" RETURNING version")
 # Keys per IN (...) lookup: well under SQLite's limit on bound parameters.
 _MANY_CHUNK = 500
 # Absent, or present but expired: the conflict branch only fires for an expired row.
@@ -103,8 +102,9 @@ _SQL_SCAN_OPEN = (
     "AND (expires_at IS NULL OR expires_at > :now) ORDER BY key LIMIT :limit"
 )
 _SQL_PURGE = "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now"
-# A single owner's write-back (pipeline/state/writeback.py): each row has its own expiry,
-# and its version grows by the number of writes it stands for.
+# Rows written together (put_many, and a single owner's write-back in
+# pipeline/state/writeback.py): each row has its own expiry, and its version grows by
+# the number of writes it stands for (1 for put_many).
 _SQL_PUT_ROW = (
     "INSERT INTO kv (key, value, version, expires_at) VALUES (:key, :value, :n, :exp) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + :n, "
@@ -384,18 +384,18 @@ class SqliteStore:
                 found[k] = self._row(k, v, ver, exp)
         return found
 
-    def _put_all(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
+    def _put_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         # Always inside a transaction (kind ATOMIC); the savepoint makes the rows all or
         # nothing even when other calls share that transaction.
         db = self._db()
-        db.execute("SAVEPOINT put_all")
+        db.execute("SAVEPOINT put_rows")
         try:
-            db.executemany(sql, rows)
+            db.executemany(_SQL_PUT_ROW, rows)
         except BaseException:
-            db.execute("ROLLBACK TO put_all")
-            db.execute("RELEASE put_all")
+            db.execute("ROLLBACK TO put_rows")
+            db.execute("RELEASE put_rows")
             raise
-        db.execute("RELEASE put_all")
+        db.execute("RELEASE put_rows")
 
     def _purge(self, now: float) -> int:
         return self._db().execute(_SQL_PURGE, {"now": now}).rowcount
@@ -449,18 +449,15 @@ class SqliteStore:
 
     async def put_many(self, entries: Sequence[tuple[str, dict[str, Any]]], *,
                        ttl: float | None = None) -> None:
-        if not entries:
-            return
         expires = self._expiry(ttl)
-        rows = [{"key": k, "value": orjson.dumps(v), "exp": expires} for k, v in entries]
-        await self._call(self._put_all, _SQL_PUT_NO_RETURN, rows, kind=_Kind.ATOMIC)
+        await self.put_rows([(k, orjson.dumps(v), expires, 1) for k, v in entries])
 
     async def put_rows(self, rows: Sequence[tuple[str, bytes, float | None, int]]) -> None:
         """Write-back of a single owner, all or nothing: (key, JSON bytes, absolute expiry,
         version step) per row. Only :class:`pipeline.state.writeback.WriteBackStore` needs
         this; it is not part of the StateStore contract."""
         if rows:
-            await self._call(self._put_all, _SQL_PUT_ROW,
+            await self._call(self._put_rows,
                              [{"key": k, "value": v, "exp": e, "n": n} for k, v, e, n in rows],
                              kind=_Kind.ATOMIC)
 
