@@ -219,7 +219,6 @@ class SimulatedResponse:
         return replace(record, mode=ActionMode.ENFORCE)
 
 
-
 def passes(event: Event, opts: ReplayOptions) -> bool:
     """The ``--from/--to/--account/--region/--kind`` filters."""
     if opts.since is not None and event.time < utc(opts.since):
@@ -231,6 +230,12 @@ def passes(event: Event, opts: ReplayOptions) -> bool:
     if opts.regions and event.region not in opts.regions:
         return False
     return not (opts.kinds and event.kind.value not in opts.kinds)
+
+
+def filters_set(opts: ReplayOptions) -> bool:
+    """Whether any filter :func:`passes` checks is set (if none, every event passes)."""
+    return (opts.since is not None or opts.until is not None
+            or bool(opts.accounts or opts.regions or opts.kinds))
 
 
 async def _bodies(opts: ReplayOptions, ctx: RuntimeContext,
@@ -272,8 +277,7 @@ class _Replayer:
         self.heap: list[tuple[float, int, Event]] = []
         self.seq = itertools.count()
         self.newest = float("-inf")
-        self.filtering = (opts.since is not None or opts.until is not None
-                          or bool(opts.accounts or opts.regions or opts.kinds))
+        self.filtering = filters_set(opts)
 
     async def _through(self, stage: Stage, items: list[Any], name: str) -> list[Any]:
         produced: list[Any] = []
