@@ -54,6 +54,18 @@ from pipeline.state.base import StateStore, Stored
 # how many writes it stands for (its version grows by that much).
 Row = tuple[str, bytes, float | None, int]
 
+
+def _namespace(key: str) -> str:
+    """A key's first ``:``-separated segment (``corr``, ``baseline``...)."""
+    return key.partition(":")[0]
+
+
+def _blob(value: dict[str, Any]) -> bytes:
+    """A value's JSON, copied to its exact size: orjson's own result keeps a few KB of
+    buffer behind it, which a map of thousands of entries would hold on to."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 @runtime_checkable
 class RowWriter(Protocol):
     """A store that writes rows with their own expiry and version step, in one round trip."""
@@ -155,7 +167,7 @@ class WriteBackStore:
                 # Absent, or expired there (whose version the contract does not show).
                 entry = _Entry(None, 0, None, 0)
             else:
-                entry = _Entry(bytes(memoryview(orjson.dumps(stored.value))), stored.version,
+                entry = _Entry(_blob(stored.value), stored.version,
                                stored.expires_at, stored.version)
             # The read let other tasks run: one of them may have loaded the key meanwhile.
             known = self._map.get(key)
@@ -163,7 +175,7 @@ class WriteBackStore:
                 return known
         self._map[key] = entry
         if self._index:
-            keys = self._index.get(key.partition(":")[0])
+            keys = self._index.get(_namespace(key))
             if keys is not None:
                 bisect.insort(keys, key)
         return entry
@@ -175,12 +187,11 @@ class WriteBackStore:
     def _mark(self, key: str, entry: _Entry) -> None:
         if not entry.dirty:
             entry.dirty = True
-            self._dirty.setdefault(key.split(":", 1)[0], {})[key] = entry
+            self._dirty.setdefault(_namespace(key), {})[key] = entry
 
     def _write(self, key: str, entry: _Entry, value: dict[str, Any],
                ttl: float | None) -> Stored:
-        # A copy of exactly its size: orjson's own result keeps a few KB of buffer behind it.
-        blob = bytes(memoryview(orjson.dumps(value)))
+        blob = _blob(value)
         entry.blob = blob
         entry.version += 1
         entry.expires_at = None if ttl is None else self.clock.now() + ttl
@@ -258,7 +269,7 @@ class WriteBackStore:
         keys = self._index.get(namespace)
         if keys is None:
             keys = self._index[namespace] = sorted(
-                k for k in self._map if k.partition(":")[0] == namespace)
+                k for k in self._map if _namespace(k) == namespace)
         for i in range(bisect.bisect_left(keys, prefix), len(keys)):
             key = keys[i]
             if not key.startswith(prefix):
@@ -322,14 +333,14 @@ class WriteBackStore:
         pending: dict[str, _Entry] = {}
         for key, entry in victims:
             if entry.dirty:
-                self._dirty[key.split(":", 1)[0]].pop(key, None)
+                self._dirty[_namespace(key)].pop(key, None)
                 pending[key] = entry
         await self._write_back(pending)
         for key, entry in victims:
             # Unless another task wrote it again while the batch was being written.
             if not entry.dirty and self._map.get(key) is entry:
                 del self._map[key]
-                keys = self._index.get(key.partition(":")[0]) if self._index else None
+                keys = self._index.get(_namespace(key)) if self._index else None
                 if keys is not None:
                     i = bisect.bisect_left(keys, key)
                     if i < len(keys) and keys[i] == key:
@@ -350,7 +361,7 @@ class WriteBackStore:
                              max(1, entry.version - entry.base)))
                 entry.base = entry.version
             self._flushed.add(key)
-            self._written.add(key.partition(":")[0])
+            self._written.add(_namespace(key))
         if not rows:
             return
         self.rows_written += len(rows)
