@@ -12,10 +12,11 @@ join a batch, so a forged finding cannot put a malformed id next to real ones.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline import metrics
@@ -49,15 +50,19 @@ def _counting(operation: str) -> Callable[[int], None]:
     return count
 
 
-def _reader(aws: ClientSource, region: str, operation: str,
-            fetch: Any) -> BatchReader[Any, Any]:
+_Fetch = Callable[[ClientSource, str, Sequence[Any]], Awaitable[Mapping[Any, Any]]]
+
+
+def _reader(aws: ClientSource, region: str, operation: str, fetch: _Fetch
+            ) -> BatchReader[Any, Any]:
     readers = _readers.setdefault(asyncio.get_running_loop(), OrderedDict())
     key = (id(aws), region, operation)
     reader = readers.get(key)
     if reader is None:
-        # The fetch closure holds ``aws``, so ``id(aws)`` cannot be reused while it lives.
-        reader = readers[key] = BatchReader(fetch, max_batch=MAX_IDS_PER_CALL,
-                                            isolate=_permanent, on_call=_counting(operation))
+        # The reader holds ``aws``, so ``id(aws)`` cannot be reused while it lives.
+        reader = readers[key] = BatchReader(functools.partial(fetch, aws, region),
+                                            max_batch=MAX_IDS_PER_CALL, isolate=_permanent,
+                                            on_call=_counting(operation))
         while len(readers) > _MAX_READERS:
             readers.popitem(last=False)
     readers.move_to_end(key)
@@ -72,33 +77,37 @@ async def _pages(aws: ClientSource, operation: str, region: str,
     return pages
 
 
-def _instance_reader(aws: ClientSource, region: str) -> BatchReader[str, dict[str, Any]]:
-    async def fetch(ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for page in await _pages(aws, "DescribeInstances", region,
-                                 Filters=[{"Name": "instance-id", "Values": list(ids)}]):
-            for reservation in page.get("Reservations", []):
-                for instance in reservation.get("Instances", []):
-                    found[str(instance.get("InstanceId"))] = dict(instance)
-        return found
+async def _fetch_instances(aws: ClientSource, region: str,
+                           ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for page in await _pages(aws, "DescribeInstances", region,
+                             Filters=[{"Name": "instance-id", "Values": list(ids)}]):
+        for reservation in page.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                found[str(instance.get("InstanceId"))] = dict(instance)
+    return found
 
-    return _reader(aws, region, "DescribeInstances", fetch)
+
+async def _fetch_groups(aws: ClientSource, region: str,
+                        keys: Sequence[tuple[str, str]]) -> Mapping[tuple[str, str], str]:
+    vpcs = sorted({vpc for vpc, _ in keys})
+    names = sorted({name for _, name in keys})
+    found: dict[tuple[str, str], str] = {}
+    # A group matching one wanted VPC and another wanted name is simply not asked for.
+    for page in await _pages(aws, "DescribeSecurityGroups", region, Filters=[
+            {"Name": "group-name", "Values": names}, {"Name": "vpc-id", "Values": vpcs}]):
+        for group in page.get("SecurityGroups", []):
+            found.setdefault((str(group.get("VpcId")), str(group.get("GroupName"))),
+                             str(group["GroupId"]))
+    return found
+
+
+def _instance_reader(aws: ClientSource, region: str) -> BatchReader[str, dict[str, Any]]:
+    return _reader(aws, region, "DescribeInstances", _fetch_instances)
 
 
 def _group_reader(aws: ClientSource, region: str) -> BatchReader[tuple[str, str], str]:
-    async def fetch(keys: Sequence[tuple[str, str]]) -> Mapping[tuple[str, str], str]:
-        vpcs = sorted({vpc for vpc, _ in keys})
-        names = sorted({name for _, name in keys})
-        found: dict[tuple[str, str], str] = {}
-        # A group matching one wanted VPC and another wanted name is simply not asked for.
-        for page in await _pages(aws, "DescribeSecurityGroups", region, Filters=[
-                {"Name": "group-name", "Values": names}, {"Name": "vpc-id", "Values": vpcs}]):
-            for group in page.get("SecurityGroups", []):
-                found.setdefault((str(group.get("VpcId")), str(group.get("GroupName"))),
-                                 str(group["GroupId"]))
-        return found
-
-    return _reader(aws, region, "DescribeSecurityGroups", fetch)
+    return _reader(aws, region, "DescribeSecurityGroups", _fetch_groups)
 
 
 async def describe_instance(aws: ClientSource, region: str, instance_id: str) -> dict[str, Any]:
