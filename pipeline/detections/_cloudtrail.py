@@ -126,17 +126,24 @@ def as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _lookup(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
+            path: tuple[str, ...]) -> Any:
+    """``attrs[name]`` if set, else the value at ``path`` in the raw record (or None)."""
+    value = attrs.get(name)
+    if value is not None:
+        return value
+    node: Any = record
+    for part in path:
+        if node.__class__ is not dict and not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
 def _pick(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
           path: tuple[str, ...]) -> str | None:
-    """``attrs[name]`` if set, else the value at ``path`` in the raw record; as a string."""
-    value = attrs.get(name)
-    if value is None:
-        node: Any = record
-        for part in path:
-            if node.__class__ is not dict and not isinstance(node, Mapping):
-                return None
-            node = node.get(part)
-        value = node
+    """:func:`_lookup`, as a non-empty string or None."""
+    value = _lookup(attrs, record, name, path)
     if value.__class__ is str:
         return value or None
     return _str_or_none(value)
@@ -172,28 +179,18 @@ class CloudTrailView:
         self.region = event.region or _str_or_none(record.get("awsRegion"))
 
     # --- generic access -----------------------------------------------------------------
-    def _identity(self) -> Mapping[str, Any]:
-        ident = self.record.get("userIdentity")
-        return ident if isinstance(ident, Mapping) else {}
-
     def _attr(self, name: str, *raw_path: str) -> Any:
-        if name in self.attrs and self.attrs[name] is not None:
-            return self.attrs[name]
-        node: Any = self.record
-        for part in raw_path:
-            if not isinstance(node, Mapping):
-                return None
-            node = node.get(part)
-        return node
+        return _lookup(self.attrs, self.record, name, raw_path)
 
     # --- fields -------------------------------------------------------------------------
     @lazy
     def account_id(self) -> str | None:
-        return _str_or_none(self._attr("account_id", "userIdentity", "accountId"))
+        return _pick(self.attrs, self.record, "account_id", ("userIdentity", "accountId"))
 
     @lazy
     def recipient_account_id(self) -> str | None:
-        return _str_or_none(self._attr("recipient_account_id", "recipientAccountId"))
+        return _pick(self.attrs, self.record, "recipient_account_id",
+                     ("recipientAccountId",))
 
     @lazy
     def error_message(self) -> str | None:
