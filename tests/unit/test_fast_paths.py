@@ -43,6 +43,11 @@ def _model_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return {name: getattr(rec, name) for name in FIELDS}
 
 
+def test_the_fast_path_has_every_field_of_the_model() -> None:
+    """A field added to CloudTrailRecord must be added to _Fields too (and compared below)."""
+    assert set(FIELDS) == set(CloudTrailRecord.model_fields)
+
+
 @pytest.mark.parametrize("doc", _records())
 def test_well_formed_records_skip_the_model_with_the_same_fields(doc: dict[str, Any]) -> None:
     fast = _read(doc)
