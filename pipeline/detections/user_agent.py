@@ -55,6 +55,25 @@ class UnusualUserAgent(CloudTrailRule):
         A console session's calls may carry the person's browser user agent
         (``Mozilla/5.0 ...``): that is the console, so only the deny list applies.
         """
+        verdict = self._by_lists(user_agent)
+        if verdict == "not_allowed" and from_console \
+                and (user_agent or "").strip().startswith("Mozilla/"):
+            return None
+        return verdict
+
+    def _by_lists(self, user_agent: str | None) -> str | None:
+        """The verdict of the deny and allow lists alone, remembered per user agent."""
+        try:
+            return self._verdicts[user_agent]
+        except KeyError:
+            pass
+        verdict = self._judge(user_agent)
+        if len(self._verdicts) >= _CACHE_SIZE:
+            self._verdicts.clear()
+        self._verdicts[user_agent] = verdict
+        return verdict
+
+    def _judge(self, user_agent: str | None) -> str | None:
         if user_agent is None or not user_agent.strip():
             return "missing" if self.config.flag_missing_user_agent else None
         ua = user_agent.strip()
@@ -62,30 +81,15 @@ class UnusualUserAgent(CloudTrailRule):
             return "denied"
         if self._allow is not None and self._allow.match(ua):
             return None
-        if from_console and ua.startswith("Mozilla/"):
-            return None
         return "not_allowed"
-
-    def _verdict(self, user_agent: str | None) -> str | None:
-        try:
-            return self._verdicts[user_agent]
-        except KeyError:
-            pass
-        verdict = self.classify(user_agent)
-        if len(self._verdicts) >= _CACHE_SIZE:
-            self._verdicts.clear()
-        self._verdicts[user_agent] = verdict
-        return verdict
 
     async def evaluate(self, view: CloudTrailView) -> Hit | None:
         if not view.succeeded or view.service_originated:
             return None
-        verdict = self._verdict(view.user_agent)
+        verdict = self._by_lists(view.user_agent)
+        if verdict == "not_allowed":  # only then does the console session matter
+            verdict = self.classify(view.user_agent, from_console=view.from_console)
         if verdict is None:
-            return None
-        # classify(..., from_console=True) only differs for a browser the lists left open.
-        if verdict == "not_allowed" and view.from_console \
-                and (view.user_agent or "").strip().startswith("Mozilla/"):
             return None
         return Hit(facts={
             "user_agent": view.user_agent,

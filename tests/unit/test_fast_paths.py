@@ -128,7 +128,8 @@ async def test_user_agent_verdicts_remembered_match_classify(agent: str | None,
     else:
         record["userAgent"] = agent
     view = CloudTrailView(normalized(record))
-    expected = rule.classify(view.user_agent, from_console=view.from_console)
+    # A fresh rule judges without anything remembered; ``rule`` remembers on first use.
+    expected = _ua_rule().classify(view.user_agent, from_console=view.from_console)
     for _ in range(2):  # the second time from the remembered verdict
         hit = await rule.evaluate(view)
         assert (hit.facts["verdict"] if hit is not None else None) == expected
