@@ -22,7 +22,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from pipeline import __version__
+from pipeline.clock import utc_from_epoch
 from pipeline.config import RiposteConfig, load_config, masked_dump
 from pipeline.errors import ConfigError, RiposteError
 
@@ -236,8 +237,7 @@ def _check_config(path: str, *, resolve_secrets: bool = False) -> int:
                   f"resolved ({check.resolved} resolved)", file=sys.stderr)
             return EXIT_USAGE
         resolved = f"; {check.resolved} secret reference(s) resolved"
-    sys.stdout.write(orjson.dumps(masked_dump(config), option=orjson.OPT_INDENT_2).decode())
-    sys.stdout.write("\n")
+    _print_json(masked_dump(config))
     print(f"ok: {path} is valid{resolved}", file=sys.stderr)
     return EXIT_OK
 
@@ -282,11 +282,9 @@ async def _ops(args: argparse.Namespace) -> int:
                 raise ConfigError("rollback needs an ACTION_ID or --incident ID")
             result = await ops.rollback(ctx, action_id=args.action_id,
                                         incident_id=args.incident)
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2, default=str).decode())
-        sys.stdout.write("\n")
+        _print_json(result, default=str)
     finally:
-        await ctx.store.aclose()
-        await ctx.aws.aclose()
+        await ctx.aclose()
     return EXIT_OK
 
 
@@ -317,8 +315,12 @@ async def _init_state(config: RiposteConfig) -> int:
 def _iso(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    return utc_from_epoch(ts).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _print_json(value: Any, *, default: Callable[[Any], Any] | None = None) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=default).decode())
+    sys.stdout.write("\n")
 
 
 def _print_dead_letters(letters: Sequence[Any], *, show_payload: bool) -> None:
@@ -347,10 +349,7 @@ async def _dead_letters(args: argparse.Namespace) -> int:
             letters = await dead_letters.list_dead_letters(
                 ctx.store, source=args.source, stream=args.stream, limit=args.limit)
             if args.json:
-                sys.stdout.write(orjson.dumps(
-                    [d.summary(show_payload=args.show_payload) for d in letters],
-                    option=orjson.OPT_INDENT_2).decode())
-                sys.stdout.write("\n")
+                _print_json([d.summary(show_payload=args.show_payload) for d in letters])
             elif letters:
                 _print_dead_letters(letters, show_payload=args.show_payload)
             print(f"{len(letters)} dead letter(s)", file=sys.stderr)
@@ -364,11 +363,9 @@ async def _dead_letters(args: argparse.Namespace) -> int:
         report = await dead_letters.redrive_kinesis(ctx.store, client, args.stream,
                                                     dry_run=args.dry_run, limit=args.limit)
     finally:
-        await ctx.store.aclose()
-        await ctx.aws.aclose()
+        await ctx.aclose()
     if args.json:
-        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
+        _print_json(report.as_dict())
     else:
         for outcome in report.outcomes:
             if outcome.status in ("failed", "put_not_deleted"):

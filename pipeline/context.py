@@ -25,3 +25,10 @@ class RuntimeContext:
     simulate: bool = False
     # Components may stash shared helpers here (e.g. a role-credential cache).
     extras: dict[str, Any] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        """Close the state store, then the AWS clients (for commands that opened both)."""
+        try:
+            await self.store.aclose()
+        finally:
+            await self.aws.aclose()

@@ -436,8 +436,7 @@ async def _rollback_all(config_data: dict[str, Any]) -> list[str]:
             await ops.rollback(ctx, action_id=action_id, incident_id=None)
             done.append(action_id)
     finally:
-        await ctx.store.aclose()
-        await ctx.aws.aclose()
+        await ctx.aclose()
     return done
 
 
