@@ -32,8 +32,8 @@ from pipeline.aws import aws_error_code
 from pipeline.sources.kinesis import DEADLETTER_PREFIX as KINESIS_PREFIX
 from pipeline.sources.kinesis import deadletter_prefix
 from pipeline.state.base import StateStore, Stored
+from sinks.delivery_ledger import DEAD_LETTER_PREFIX as SINK_PREFIX
 
-SINK_PREFIX = "deadletter:sink:"
 SourceKind = Literal["kinesis", "sink"]
 
 # PutRecords limits: 500 records and 5 MiB (data plus partition keys) per call.

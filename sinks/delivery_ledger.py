@@ -32,8 +32,11 @@ def delivered_key(sink: str, item: Item) -> str:
     return f"delivered:{sink}:{item_id(item)}"
 
 
+DEAD_LETTER_PREFIX = "deadletter:sink:"
+
+
 def dead_letter_key(sink: str, item: Item) -> str:
-    return f"deadletter:sink:{sink}:{item_id(item)}"
+    return f"{DEAD_LETTER_PREFIX}{sink}:{item_id(item)}"
 
 
 class DeliveryLedger:
