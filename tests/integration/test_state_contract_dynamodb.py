@@ -23,48 +23,17 @@ import pytest
 from pipeline.aws import AwsClients
 from pipeline.state.base import StateStore, Stored
 from pipeline.state.dynamodb import DynamoDbStore
-from tests.unit.test_state_contract import (
-    FakeClock,
-    test_compare_and_set,
-    test_compare_and_set_on_expired_entry,
-    test_concurrent_cas_increments_lose_nothing,
-    test_delete,
-    test_delete_of_expired_entry_is_false,
-    test_get_absent_is_none,
-    test_get_many_and_put_many,
-    test_put_if_absent,
-    test_put_if_absent_replaces_an_expired_entry,
-    test_put_then_get_round_trips_json_and_bumps_version,
-    test_put_without_ttl_clears_an_earlier_ttl,
-    test_returned_values_are_copies,
-    test_scan_by_prefix_in_key_order,
-    test_scan_limit_and_expiry,
-    test_ttl_expiry_on_the_store_clock,
-)
+from tests.unit import test_state_contract as contract
+from tests.unit.test_state_contract import FakeClock
+
+# The contract's tests, collected here too against the two-worker store below, concurrent
+# increments included: the test stand-in serializes DynamoDB requests, restoring the
+# atomicity of conditional writes that DynamoDB guarantees and moto alone lacks (see
+# docs/testing.md).
+globals().update({name: getattr(contract, name) for name in dir(contract)
+                  if name.startswith("test_")})
 
 pytestmark = pytest.mark.integration
-
-# Collected here too, against the two-worker store below, concurrent increments included:
-# the test stand-in serializes DynamoDB requests, restoring the atomicity of conditional
-# writes that DynamoDB guarantees and moto alone lacks (see docs/testing.md).
-CONTRACT = (
-    test_compare_and_set,
-    test_compare_and_set_on_expired_entry,
-    test_concurrent_cas_increments_lose_nothing,
-    test_delete,
-    test_delete_of_expired_entry_is_false,
-    test_get_absent_is_none,
-    test_get_many_and_put_many,
-    test_put_if_absent,
-    test_put_if_absent_replaces_an_expired_entry,
-    test_put_then_get_round_trips_json_and_bumps_version,
-    test_put_without_ttl_clears_an_earlier_ttl,
-    test_returned_values_are_copies,
-    test_scan_by_prefix_in_key_order,
-    test_scan_limit_and_expiry,
-    test_ttl_expiry_on_the_store_clock,
-)
-
 
 class TwoWorkers:
     """A StateStore that sends each call to the next of several stores on one table."""
