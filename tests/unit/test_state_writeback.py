@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -40,8 +41,23 @@ async def _sqlite_file(clock: FakeClock, tmp: Path) -> StateStore:
     return await SqliteStore.open(tmp / "state.db", clock=clock)
 
 
+class _ContractOnly:
+    """A store seen through the StateStore contract alone: no ``put_rows``, so the layer
+    writes back with ``put_many`` (what it does over any other store)."""
+
+    def __init__(self, inner: StateStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "put_rows":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
 async def _plain_sqlite(clock: FakeClock, tmp: Path) -> StateStore:
-    return await SqliteStore.open(tmp / "state.db", clock=clock)
+    plain = _ContractOnly(await SqliteStore.open(tmp / "state.db", clock=clock))
+    assert not isinstance(plain, RowWriter)
+    return cast(StateStore, plain)
 
 
 BACKINGS: dict[str, Backing] = {"memory": _memory, "sqlite-rows": _sqlite_file,
