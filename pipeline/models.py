@@ -1,9 +1,10 @@
 """The data that flows through Riposte, from raw message to incident.
 
-Internal models are frozen, slotted dataclasses rather than pydantic models: they
-are built by our own code (never from untrusted input, which the lenient pydantic
-input models in :mod:`pipeline.stages.normalize` validate first), they are cheap to
-create on the hot path, and orjson serializes them natively for the sinks.
+Internal models are records (:mod:`pipeline.records`: slotted dataclasses that the
+type checker holds frozen) rather than pydantic models: they are built by our own
+code (never from untrusted input, which the lenient pydantic input models in
+:mod:`pipeline.stages.normalize` validate first), they are cheap to create on the hot
+path, and orjson serializes them natively for the sinks.
 
 Updates never mutate: stages return ``dataclasses.replace(item, ...)`` copies so an
 item that has been handed to a sink can never change under it.
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from typing import Any, Literal
+
+from pipeline.records import record
 
 JSON = dict[str, Any]
 
@@ -59,7 +62,7 @@ class SeverityLabel(enum.StrEnum):
 _LABEL_RANK = {label: i for i, label in enumerate(SeverityLabel)}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Severity:
     """A severity in the source's own terms and on Riposte's common 0-100 scale."""
 
@@ -76,7 +79,7 @@ class Severity:
 NO_SEVERITY = Severity(native=None, score=0, label=SeverityLabel.INFORMATIONAL)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResourceRef:
     """One AWS resource an event is about.
 
@@ -102,7 +105,7 @@ class ResourceRef:
         return f"{self.type}:{self.id}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Detection:
     """What a Riposte rule concluded about an event (kind ``detection``)."""
 
@@ -115,7 +118,7 @@ class Detection:
     facts: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """One normalized security event.
 
@@ -173,7 +176,7 @@ class IncidentPhase(enum.StrEnum):
     RECOVERED = "recovered"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FindingRef:
     """One finding behind an incident, small enough to carry in every update."""
 
@@ -190,7 +193,7 @@ class FindingRef:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ScoreReason:
     """One line of an explainable score: what was seen and how much it weighed."""
 
@@ -199,7 +202,7 @@ class ScoreReason:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RiskScore:
     value: int
     label: SeverityLabel
@@ -225,7 +228,7 @@ class ActionStatus(enum.StrEnum):
     REJECTED = "rejected"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ApiCall:
     """An AWS API call exactly as it would be (or was) issued."""
 
@@ -236,7 +239,7 @@ class ApiCall:
     region: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ActionRecord:
     """One containment decision about one resource, as the ledger and sinks see it."""
 
@@ -256,7 +259,7 @@ class ActionRecord:
     item_kind: Literal["action"] = "action"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Incident:
     """Findings about one resource (or one detection) that a responder handles as one.
 
@@ -323,7 +326,7 @@ def item_id(item: Item) -> str:
     return f"{item.item_kind}:{item.id}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RawRecord:
     """One decoded JSON object from a message, before normalization.
 

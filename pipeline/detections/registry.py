@@ -23,6 +23,7 @@ from pipeline.detections._cloudtrail import CloudTrailView
 from pipeline.detections.config import DetectionsConfig
 from pipeline.errors import ConfigError
 from pipeline.models import ResourceRef, SeverityLabel
+from pipeline.records import record
 
 if TYPE_CHECKING:
     from pipeline.context import RuntimeContext
@@ -61,7 +62,7 @@ class RuleMeta:
     event_names: frozenset[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hit:
     """A rule fired: why (``facts``), and optionally a sharper severity or the target."""
 
