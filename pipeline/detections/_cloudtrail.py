@@ -23,7 +23,7 @@ _SERVICE_HOST = re.compile(r"^[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?$", re.I
 _AWS_INTERNAL = "aws internal"
 # What ipaddress accepts as IPv4: four ASCII decimal octets up to 255, no leading zeros.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -76,14 +76,23 @@ def _str_or_none(value: Any) -> str | None:
     return text if text else None
 
 
+def ipv4_int(text: str) -> int | None:
+    """A dotted-quad IPv4 address as an integer, without building an address object;
+    None for anything else (IPv6, padding, leading zeros: see :func:`parse_ip`)."""
+    if not DOTTED_QUAD.fullmatch(text):
+        return None
+    a, b, c, d = text.split(".")
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+
+
 def parse_ip(value: str | None) -> IpAddress | None:
     """An IP address, unwrapping IPv4-mapped IPv6 (``::ffff:10.0.0.1``); None if not one."""
     if not value:
         return None
     text = value.strip()
-    if _DOTTED_QUAD.fullmatch(text):  # the usual case, without ipaddress's general parser
-        a, b, c, d = text.split(".")
-        return ipaddress.IPv4Address(int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d))
+    n = ipv4_int(text)
+    if n is not None:  # the usual case, without ipaddress's general parser
+        return ipaddress.IPv4Address(n)
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:

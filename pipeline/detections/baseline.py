@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.clock import utc_from_epoch
-from pipeline.detections._cloudtrail import CloudTrailView
+from pipeline.detections._cloudtrail import DOTTED_QUAD, CloudTrailView
 from pipeline.detections.config import DetectionsConfig
 from pipeline.detections.registry import CloudTrailRule, Hit, register
 from pipeline.models import SeverityLabel
@@ -40,6 +40,11 @@ def network_of(view: CloudTrailView) -> str | None:
     asn = view.attrs.get("source_asn")
     if asn not in (None, ""):
         return f"asn:{asn}"
+    text = view.source_ip
+    if text is not None and DOTTED_QUAD.fullmatch(text):
+        # The usual case, as text: a dotted quad without leading zeros is already the
+        # canonical form, so its /24 is its first three octets (no address object).
+        return f"{text[:text.rindex('.')]}.0/24"
     addr = view.ip
     if addr is None:
         return None
@@ -64,6 +69,23 @@ def _dimensions(view: CloudTrailView, wanted: Sequence[str]) -> list[tuple[str, 
     return out
 
 
+class _Principal:
+    """What the cache knows of one principal's entries in the store.
+
+    ``first``/``refreshed``: its ``:first`` entry's first_seen and last_seen;
+    ``seen``: (dimension, value) -> last_seen of that entry. One principal's entries
+    are looked up together, so they are kept together: one lookup in the big table per
+    event, then a small dictionary, instead of a lookup per entry.
+    """
+
+    __slots__ = ("first", "refreshed", "seen")
+
+    def __init__(self, first: float, refreshed: float) -> None:
+        self.first = first
+        self.refreshed = refreshed
+        self.seen: dict[tuple[str, str], float] = {}
+
+
 @register(
     "first_seen_activity",
     title="Principal did something it has never done before",
@@ -82,40 +104,62 @@ class FirstSeenActivity(CloudTrailRule):
         self._ttl = config.baseline_ttl_seconds
         self._refresh_after = config.baseline_ttl_seconds / 10
         self._dims: tuple[str, ...] = tuple(config.baseline_dimensions)
-        # key -> (first_seen, last_seen) of entries known to exist in the store. An entry
-        # refreshed less than ``_refresh_after`` ago cannot have expired, so the common
-        # case (a principal repeating itself) costs no store round trip. New keys always
-        # go through put_if_absent, so the cache never decides whether something fires.
-        self._known: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Principal -> its entries known to exist in the store (least recently used
+        # first), and how many entries that is in all. An entry refreshed less than
+        # ``_refresh_after`` ago cannot have expired, so the common case (a principal
+        # repeating itself) costs no store round trip. New keys always go through
+        # put_if_absent, so the cache never decides whether something fires.
+        self._known: OrderedDict[str, _Principal] = OrderedDict()
+        self._entries = 0
         self._cache_size = config.baseline_cache_size
 
-    def _cached(self, key: str, now: float) -> tuple[float, float] | None:
-        entry = self._known.get(key)
-        if entry is None or now - entry[1] >= self._refresh_after:
+    def _principal(self, subject: str, now: float) -> _Principal | None:
+        known = self._known.get(subject)
+        if known is None or now - known.refreshed >= self._refresh_after:
             return None
-        self._known.move_to_end(key)
-        return entry
+        self._known.move_to_end(subject)
+        return known
 
-    def _cache(self, key: str, first: float, last: float) -> None:
-        self._known[key] = (first, last)
-        self._known.move_to_end(key)
-        if len(self._known) > self._cache_size:
-            self._known.popitem(last=False)
+    def _remember_principal(self, subject: str, first: float, last: float) -> _Principal:
+        known = self._known.get(subject)
+        if known is None:
+            known = self._known[subject] = _Principal(first, last)
+            self._entries += 1
+        else:
+            known.first, known.refreshed = first, last
+            self._known.move_to_end(subject)
+        self._evict()
+        return known
 
-    async def _touch(self, key: str, now: float) -> tuple[bool, float]:
-        """Record ``key`` at event time ``now``: (created by this call, first_seen).
+    def _remember(self, subject: str, known: _Principal, dim: tuple[str, str],
+                  last: float) -> None:
+        if self._known.get(subject) is not known:
+            return  # evicted while its entry was being written: nothing to count it in
+        if dim not in known.seen:
+            self._entries += 1
+        known.seen[dim] = last
+        self._evict()
 
-        Callers look in the cache first (``_cached``), so the common case awaits nothing.
+    def _evict(self) -> None:
+        while self._entries > self._cache_size and self._known:
+            _, gone = self._known.popitem(last=False)
+            self._entries -= 1 + len(gone.seen)
+
+    async def _touch(self, key: str, now: float) -> tuple[bool, float, float | None]:
+        """Record ``key`` at event time ``now``: (created by this call, first_seen, last_seen).
+
+        last_seen is None when the entry is not known to exist (it expired between the
+        two calls), so that it is not cached. Callers look in the cache first, so the
+        common case awaits nothing.
         """
         # Not known here: most such keys are new, so try to create it first (one round trip).
         created = await self._store.put_if_absent(
             key, {"first_seen": now, "last_seen": now}, ttl=self._ttl)
         if created is not None:
-            self._cache(key, now, now)
-            return True, now
+            return True, now, now
         current = await self._store.get(key)
         if current is None:  # expired between the two calls
-            return False, now
+            return False, now, None
         first = float(current.value.get("first_seen", now))
         last = float(current.value.get("last_seen", 0.0))
         if now - last >= self._refresh_after:
@@ -123,8 +167,7 @@ class FirstSeenActivity(CloudTrailRule):
             # A lost race only means someone else refreshed it: nothing to do.
             await self._store.compare_and_set(key, current.version, value, ttl=self._ttl)
             last = now
-        self._cache(key, first, last)
-        return False, first
+        return False, first, last
 
     async def evaluate(self, view: CloudTrailView) -> Hit | None:
         # Untrusted (observe-only) events neither fire nor teach: otherwise records forged
@@ -135,18 +178,23 @@ class FirstSeenActivity(CloudTrailRule):
         if not subject:
             return None
         now = view.event.time.timestamp()
-        key = f"{PREFIX}{subject}:first"
-        cached = self._cached(key, now)
-        first = cached[0] if cached is not None else (await self._touch(key, now))[1]
+        known = self._principal(subject, now)
+        if known is None:
+            _, first, last = await self._touch(f"{PREFIX}{subject}:first", now)
+            known = (self._remember_principal(subject, first, last) if last is not None
+                     else _Principal(first, now))  # not cached: see _touch
+        first = known.first
         learning = now - first < self._learning
         new: list[tuple[str, str]] = []
-        for dim, val in _dimensions(view, self._dims):
-            key = f"{PREFIX}{subject}:{dim}:{val}"
-            if self._cached(key, now) is not None:
+        for dim in _dimensions(view, self._dims):
+            seen = known.seen.get(dim)
+            if seen is not None and now - seen < self._refresh_after:
                 continue
-            created, _ = await self._touch(key, now)
+            created, _, last = await self._touch(f"{PREFIX}{subject}:{dim[0]}:{dim[1]}", now)
+            if last is not None:
+                self._remember(subject, known, dim, last)
             if created and not learning:
-                new.append((dim, val))
+                new.append(dim)
         if learning or not new:
             return None
         return Hit(facts={

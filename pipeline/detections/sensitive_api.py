@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
-from pipeline.detections._cloudtrail import CloudTrailView
+from pipeline.detections._cloudtrail import CloudTrailView, ipv4_int
 from pipeline.detections.config import DetectionsConfig
 from pipeline.detections.registry import CloudTrailRule, Hit, register
 from pipeline.models import SeverityLabel
@@ -51,6 +51,9 @@ class SensitiveApiFromUntrustedNetwork(CloudTrailRule):
         super().__init__(config, ctx)
         self._apis = frozenset(config.sensitive_apis) | frozenset(config.extra_sensitive_apis)
         self._networks = parse_networks(config.trusted_cidrs)
+        # Nearly every source address is a dotted quad: those are matched as integers.
+        self._v4 = tuple((int(n.network_address), int(n.netmask))
+                         for n in self._networks if n.version == 4)
 
     @property
     def event_names(self) -> frozenset[str]:
@@ -60,6 +63,9 @@ class SensitiveApiFromUntrustedNetwork(CloudTrailRule):
         """True/False for an address; None when there is no source address at all."""
         if view.source_ip is None:
             return None
+        n = ipv4_int(view.source_ip)
+        if n is not None:
+            return any(n & mask == net for net, mask in self._v4)
         addr = view.ip
         if addr is None:
             return False  # neither an IP nor a service name: not provably ours

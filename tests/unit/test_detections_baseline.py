@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pipeline.clock import EventTimeClock
+from pipeline.detections._cloudtrail import CloudTrailView, parse_ip
+from pipeline.detections.baseline import FirstSeenActivity, network_of
 from pipeline.detections.registry import RULES
 from pipeline.models import Event
 from pipeline.stages.detect import DetectStage
@@ -203,3 +209,60 @@ async def test_restart_keeps_the_baseline(tmp_path: Path) -> None:
                            clock) == []
     finally:
         await store.aclose()
+
+
+def _reference_network(source_ip: str) -> str | None:
+    """What the /24 or /48 of an address is, by the ipaddress module alone."""
+    addr = parse_ip(source_ip)
+    if addr is None:
+        return None
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+@given(st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(str),
+    st.tuples(*[st.integers(0, 999)] * 4).map(lambda t: ".".join(map(str, t))),
+    st.from_regex(r"\s?0?[0-9]{1,3}\.[0-9]{1,3}\.0?[0-9]{1,3}\.[0-9]{1,3}\s?", fullmatch=True),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.text(max_size=20),
+))
+def test_network_of_matches_the_ipaddress_module(source_ip: str) -> None:
+    # The dotted-quad shortcut must agree with the general parser on every input,
+    # including leading zeros, out-of-range octets, padding and IPv4-mapped IPv6.
+    event = normalized(derive("panther-getcalleridentity-awscli.json",
+                              {"sourceIPAddress": source_ip}))
+    view = CloudTrailView(event)
+    assert network_of(view) == (_reference_network(view.source_ip)
+                                if view.source_ip else None)
+
+
+async def test_cache_stays_within_its_size_and_never_decides_a_verdict() -> None:
+    # The same traffic through a rule that caches nothing, one with a cache smaller than
+    # the working set (evicting all the time) and one that holds everything: the same
+    # detections, and the small cache never holds more than its size.
+    traffic = [call(day / 4, api, source=src, ip=f"10.{day % 5}.{day % 7}.9",
+                    region=("us-east-1", "eu-west-1")[day % 2])
+               for day in range(0, 60)
+               for api, src in (("GetCallerIdentity", "sts.amazonaws.com"),
+                                ("ListBuckets", "s3.amazonaws.com"))]
+    users = ["alice", "bob", "carol"]
+    verdicts = []
+    for size in (0, 7, 100_000):
+        stage = stage_for(MemoryStore(), baseline_cache_size=size)
+        rule = stage.rules[0]
+        assert isinstance(rule, FirstSeenActivity)
+        out = []
+        for event in traffic:
+            for user in users:
+                arn = f"arn:aws:iam::187901811700:user/{user}"
+                ev = replace(event, id=f"{event.id}-{user}",
+                             attributes={**event.attributes, "principal_arn": arn})
+                out += [(user, sorted(d.detection.facts["new"].items()))
+                        for d in await fired(stage, ev) if d.detection is not None]
+                assert rule._entries <= size
+                assert rule._entries == sum(1 + len(p.seen) for p in rule._known.values())
+        verdicts.append(out)
+    assert verdicts[0] == verdicts[1] == verdicts[2]
+    assert verdicts[0], "the traffic must make the rule fire for the comparison to mean much"

@@ -78,8 +78,14 @@ _BASE_RECORD = derive("panther-getcalleridentity-awscli.json",
                       {"eventName": "ListUsers", "eventSource": "iam.amazonaws.com"})
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.ip_addresses())
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(
+    st.ip_addresses(),
+    # Both sides of each trusted range's edges (172.16/12 sits inside 172/8), and the
+    # IPv4-mapped IPv6 form of such addresses.
+    *[st.ip_addresses(network=net) for net in ("10.0.0.0/7", "172.0.0.0/8", "192.168.0.0/15")],
+    st.ip_addresses(network="172.0.0.0/8").map(lambda a: ipaddress.IPv6Address(f"::ffff:{a}")),
+))
 async def test_sensitive_api_fires_exactly_outside_trusted_cidrs(
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
     record = dict(_BASE_RECORD, sourceIPAddress=str(addr))
