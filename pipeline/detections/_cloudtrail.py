@@ -143,7 +143,9 @@ def _lookup(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
         return value
     node: Any = record
     for part in path:
-        if node.__class__ is not dict and not isinstance(node, Mapping):
+        # Checked in order of likelihood: isinstance against an ABC is slow, and an
+        # absent branch (no sessionContext for an IAM user) is the common miss.
+        if node.__class__ is not dict and (node is None or not isinstance(node, Mapping)):
             return None
         node = node.get(part)
     return node

@@ -363,6 +363,8 @@ def resource_from_arn(value: str, *, account: str | None = None,
 
 def dedupe(resources: list[ResourceRef]) -> tuple[ResourceRef, ...]:
     """Keep the first resource per key, preserving order (the first is the primary)."""
+    if len(resources) < 2:  # most events name one resource: nothing to compare
+        return tuple(resources)
     seen: set[str] = set()
     out: list[ResourceRef] = []
     for res in resources:
