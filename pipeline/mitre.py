@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 from pipeline.models import Event, EventKind
@@ -161,16 +162,29 @@ def _matches(rules: Iterable[Rule], value: str) -> set[str]:
     return found
 
 
-def guardduty_techniques(finding_type: str) -> set[str]:
-    return _matches(GUARDDUTY_RULES, finding_type)
+# Finding types come from a small vocabulary and repeat with every finding, incident
+# revision and sink item, while matching one runs every glob of a table: cached, bounded
+# (a type is input, and a flood of made-up ones must not grow memory).
+@lru_cache(maxsize=4096)
+def _guardduty(finding_type: str) -> frozenset[str]:
+    return frozenset(_matches(GUARDDUTY_RULES, finding_type))
 
 
-def securityhub_techniques(asff_type: str) -> set[str]:
+@lru_cache(maxsize=4096)
+def _securityhub(asff_type: str) -> frozenset[str]:
     found = _matches(SECURITYHUB_RULES, asff_type)
     classifier = asff_type.rsplit("/", 1)[-1]
     if ":" in classifier:  # a GuardDuty type written with '-' for '/'
-        found |= guardduty_techniques(classifier.replace("-", "/", 1))
-    return found
+        found |= _guardduty(classifier.replace("-", "/", 1))
+    return frozenset(found)
+
+
+def guardduty_techniques(finding_type: str) -> set[str]:
+    return set(_guardduty(finding_type))
+
+
+def securityhub_techniques(asff_type: str) -> set[str]:
+    return set(_securityhub(asff_type))
 
 
 def detection_techniques(rule_id: str) -> set[str]:
@@ -203,10 +217,10 @@ def techniques_for(kind: EventKind | str, finding_type: str,
     found = set(declared)
     kind = EventKind(kind)
     if kind is EventKind.GUARDDUTY:
-        found |= guardduty_techniques(finding_type)
+        found |= _guardduty(finding_type)
     elif kind is EventKind.SECURITYHUB:
-        found |= securityhub_techniques(finding_type)
-        found |= guardduty_techniques(finding_type)
+        found |= _securityhub(finding_type)
+        found |= _guardduty(finding_type)
     elif kind is EventKind.INSPECTOR and exploitable_and_reachable(attrs):
         found.add(EXPLOIT_PUBLIC_FACING)
     if kind in (EventKind.CLOUDTRAIL, EventKind.DETECTION):
