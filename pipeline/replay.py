@@ -57,6 +57,9 @@ from pipeline.stages.normalize import NormalizeStage
 from pipeline.state.base import StateStore
 from pipeline.state.memory import MemoryStore
 
+# ``kind.value`` is a property lookup on the enum; counting runs once per record.
+_KIND_NAMES: dict[EventKind, str] = {kind: kind.value for kind in EventKind}
+
 log = logging.getLogger(__name__)
 
 _EPOCH = 0.0
@@ -110,13 +113,14 @@ class ReplayResult:
 
     def count_event(self, event: Event, ts: float) -> None:
         when = event.time
+        kind = _KIND_NAMES[event.kind]
         self.events += 1
-        self.events_by_type[(event.kind.value, event.type)] += 1
+        self.events_by_type[(kind, event.type)] += 1
         hour = int(ts // 3600)
         label = self._hours.get(hour)
         if label is None:
             label = self._hours[hour] = when.strftime("%Y-%m-%dT%H:00Z")
-        self.events_by_hour[(label, event.kind.value)] += 1
+        self.events_by_hour[(label, kind)] += 1
         if self.first_time is None or when < self.first_time:
             self.first_time = when
         if self.last_time is None or when > self.last_time:

@@ -39,6 +39,7 @@ from pipeline.config import RiposteConfig, TrustConfig
 from pipeline.context import RuntimeContext
 from pipeline.errors import RetriableError
 from pipeline.models import Event, EventKind
+from pipeline.normalizers.common import is_mapping
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def finding_record(event: Event) -> Mapping[str, Any]:
     """The GuardDuty finding itself, from an EventBridge envelope or a bare finding."""
     raw = event.raw or {}
     detail = raw.get("detail")
-    if isinstance(detail, Mapping) and ("detail-type" in raw or "arn" in detail):
+    if is_mapping(detail) and ("detail-type" in raw or "arn" in detail):
         return detail
     return raw
 

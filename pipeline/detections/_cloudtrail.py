@@ -18,6 +18,7 @@ from urllib.parse import unquote, unquote_plus
 import orjson
 
 from pipeline.models import Event, ResourceRef
+from pipeline.normalizers.common import is_mapping
 
 _SERVICE_HOST = re.compile(r"^[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?$", re.IGNORECASE)
 _AWS_INTERNAL = "aws internal"
@@ -64,7 +65,7 @@ class lazy(Generic[T]):
 def _raw_record(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     """The CloudTrail record itself: EventBridge puts it under ``detail``."""
     detail = raw.get("detail")
-    if isinstance(detail, Mapping) and ("detail-type" in raw or "eventName" in detail):
+    if is_mapping(detail) and ("detail-type" in raw or "eventName" in detail):
         return detail
     return raw
 
@@ -143,10 +144,8 @@ def _lookup(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
         return value
     node: Any = record
     for part in path:
-        # Checked in order of likelihood: isinstance against an ABC is slow, and an
-        # absent branch (no sessionContext for an IAM user) is the common miss.
         if node.__class__ is not dict and (node is None or not isinstance(node, Mapping)):
-            return None
+            return None  # is_mapping, inlined: this loop is the view's hottest
         node = node.get(part)
     return node
 
@@ -210,12 +209,12 @@ class CloudTrailView:
     @lazy
     def request_parameters(self) -> Mapping[str, Any]:
         value = self._attr("request_parameters", "requestParameters")
-        return value if isinstance(value, Mapping) else {}
+        return value if is_mapping(value) else {}
 
     @lazy
     def response_elements(self) -> Mapping[str, Any]:
         value = self._attr("response_elements", "responseElements")
-        return value if isinstance(value, Mapping) else {}
+        return value if is_mapping(value) else {}
 
     @lazy
     def from_console(self) -> bool:

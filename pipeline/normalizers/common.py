@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -57,6 +57,12 @@ def obj(value: Any) -> Mapping[str, Any]:
     several times cheaper than the ``Mapping`` ABC on this hot path.
     """
     return value if isinstance(value, dict) else _EMPTY
+
+
+def is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """``isinstance(value, Mapping)``, with the common answers (a dict, None) found without
+    the ABC's instance check, which costs a Python-level call each time."""
+    return value.__class__ is dict or (value is not None and isinstance(value, Mapping))
 
 
 def lst(value: Any) -> list[Any]:

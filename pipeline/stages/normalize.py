@@ -37,7 +37,7 @@ from pipeline.context import RuntimeContext
 from pipeline.errors import PermanentError
 from pipeline.models import Event, EventKind, RawRecord
 from pipeline.normalizers import asff, cloudtrail, guardduty, inspector
-from pipeline.normalizers.common import COMPONENT, Envelope, invalid
+from pipeline.normalizers.common import COMPONENT, Envelope, invalid, is_mapping
 from pipeline.normalizers.eventbridge import (
     CLOUDTRAIL,
     GUARDDUTY,
@@ -90,7 +90,7 @@ def raw_family(payload: Mapping[str, Any]) -> str | None:
 def normalize(record: RawRecord) -> list[Event]:
     """Normalize one record (pure function; the stage adds metrics around it)."""
     payload = record.payload
-    if not isinstance(payload, Mapping):
+    if not is_mapping(payload):
         raise invalid(f"expected a JSON object, got {type(payload).__name__}",
                       reason="not_an_object")
     if "detail-type" in payload:
