@@ -10,6 +10,12 @@ only if the stored version is the one the caller read, which is how concurrent
 workers (tasks or processes) agree without locks. Expired entries are invisible to
 every read even before they are purged (DynamoDB's TTL deletes lazily, so the
 contract must not depend on prompt deletion).
+
+A read returns a value of its own: changing it changes nothing stored. A write
+returns the entry as written, whose ``value`` is the very object the caller passed
+in (every store keeps its own serialized copy, so neither changing that object
+later nor changing the returned value reaches the store). Parsing back the JSON a
+store has just made would cost as much as the write itself for large entries.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class MemoryStore:
         if key not in self._data:
             bisect.insort(self._keys, key)
         self._data[key] = entry
-        return entry
+        return Stored(key, value, version, expires)  # as written: see StateStore
 
     async def get(self, key: str, *, consistent: bool = True) -> Stored | None:
         entry = self._live(key)

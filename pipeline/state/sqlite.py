@@ -346,13 +346,15 @@ class SqliteStore:
         row = self._db().execute(_SQL_GET, {"key": key, "now": now}).fetchone()
         return None if row is None else self._row(key, row[0], row[1], row[2])
 
-    def _write(self, sql: str, key: str, blob: bytes, expires: float | None,
-               params: dict[str, Any]) -> Stored | None:
-        row = self._db().execute(sql, {"key": key, "value": blob, "exp": expires,
-                                       **params}).fetchone()
+    def _write(self, sql: str, value: dict[str, Any], params: dict[str, Any]
+               ) -> Stored | None:
+        """Run ``sql`` with ``params`` (key, value as JSON, exp, ...) binding ``value``."""
+        row = self._db().execute(sql, params).fetchone()
         if row is None:
             return None
-        return Stored(key, orjson.loads(blob), int(row[0]), expires)
+        # The entry as written, with the caller's own value (see StateStore): parsing
+        # back the JSON just made was a tenth of the chain's state-store CPU.
+        return Stored(params["key"], value, int(row[0]), params["exp"])
 
     def _delete(self, key: str, expected: int | None, now: float) -> bool:
         if expected is None:
@@ -409,28 +411,33 @@ class SqliteStore:
     def _expiry(self, ttl: float | None) -> float | None:
         return None if ttl is None else self.clock.now() + ttl
 
+    def _params(self, key: str, value: dict[str, Any], ttl: float | None,
+                **extra: Any) -> dict[str, Any]:
+        """The bound parameters of a single-row write."""
+        return {"key": key, "value": orjson.dumps(value), "exp": self._expiry(ttl), **extra}
+
     async def get(self, key: str, *, consistent: bool = True) -> Stored | None:
         return await self._call(self._get, key, self.clock.now())
 
     async def put(self, key: str, value: dict[str, Any], *, ttl: float | None = None) -> Stored:
-        stored = await self._call(self._write, _SQL_PUT, key, orjson.dumps(value),
-                                  self._expiry(ttl), {}, kind=_Kind.WRITE)
+        stored = await self._call(self._write, _SQL_PUT, value,
+                                  self._params(key, value, ttl), kind=_Kind.WRITE)
         assert stored is not None  # an upsert always returns its row
         return stored
 
     async def put_if_absent(self, key: str, value: dict[str, Any], *,
                             ttl: float | None = None) -> Stored | None:
-        return await self._call(self._write, _SQL_PUT_IF_ABSENT, key, orjson.dumps(value),
-                                self._expiry(ttl), {"now": self.clock.now()},
+        return await self._call(self._write, _SQL_PUT_IF_ABSENT, value,
+                                self._params(key, value, ttl, now=self.clock.now()),
                                 kind=_Kind.WRITE)
 
     async def compare_and_set(self, key: str, expected_version: int, value: dict[str, Any], *,
                               ttl: float | None = None) -> Stored | None:
         if expected_version == 0:
             return await self.put_if_absent(key, value, ttl=ttl)
-        return await self._call(self._write, _SQL_CAS, key, orjson.dumps(value),
-                                self._expiry(ttl),
-                                {"now": self.clock.now(), "expected": expected_version},
+        return await self._call(self._write, _SQL_CAS, value,
+                                self._params(key, value, ttl, now=self.clock.now(),
+                                             expected=expected_version),
                                 kind=_Kind.WRITE)
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:

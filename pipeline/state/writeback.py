@@ -196,7 +196,7 @@ class WriteBackStore:
         entry.version += 1
         entry.expires_at = None if ttl is None else self.clock.now() + ttl
         self._mark(key, entry)
-        return Stored(key, orjson.loads(blob), entry.version, entry.expires_at)
+        return Stored(key, value, entry.version, entry.expires_at)  # as written: see StateStore
 
     def _stored(self, key: str, entry: _Entry) -> Stored:
         assert entry.blob is not None

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +108,28 @@ async def test_returned_values_are_copies(store: StateStore) -> None:
     got.value["l"].append(2)
     again = await store.get("k")
     assert again is not None and again.value == {"l": [1]}
+
+
+async def test_writes_return_what_was_written_and_keep_their_own_copy(
+        store: StateStore) -> None:
+    # A write hands back the caller's own value (no parse of what was just stored);
+    # whatever the caller then does to that object, or to the returned one, the store
+    # keeps what it was given at the time of the write.
+    value: dict[str, Any] = {"l": [1], "n": "x"}
+    written = [await store.put("a", value),
+               await store.put_if_absent("b", value),
+               await store.compare_and_set("c", 0, value)]
+    for stored in written:
+        assert stored is not None and stored.value == {"l": [1], "n": "x"}
+    first = written[0]
+    assert first is not None
+    value["l"].append(2)
+    first.value["n"] = "changed"
+    for key in ("a", "b", "c"):
+        got = await store.get(key)
+        assert got is not None and got.value == {"l": [1], "n": "x"}, key
+    again = await store.compare_and_set("a", 1, {"v": [3]})
+    assert again is not None and again.value == {"v": [3]} and again.version == 2
 
 
 async def test_put_if_absent(store: StateStore) -> None:
