@@ -186,8 +186,11 @@ def iso(when: datetime) -> str:
     """ASFF timestamp: UTC, milliseconds, ``Z`` (naive datetimes are taken as UTC)."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    elif when.utcoffset():
+        when = when.astimezone(UTC)
+    # isoformat rather than strftime: twice as fast, and years before 1000 keep four
+    # digits (glibc's %Y does not pad them). "YYYY-MM-DDTHH:MM:SS.mmm" is 23 characters.
+    return when.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def _label(label: SeverityLabel) -> str:

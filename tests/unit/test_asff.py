@@ -323,3 +323,15 @@ def test_clip_never_exceeds_the_limit(text: str, limit: int) -> None:
         assert clipped == text.strip()
     else:
         assert clipped.endswith("…")
+
+
+@given(st.datetimes(timezones=st.one_of(st.none(), st.timezones())))
+def test_iso_is_utc_milliseconds_with_z(when: datetime) -> None:
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    try:
+        utc = aware.astimezone(UTC)
+    except OverflowError:  # an offset that takes it outside years 1-9999
+        return
+    expected = (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:"
+                f"{utc.minute:02d}:{utc.second:02d}.{utc.microsecond // 1000:03d}Z")
+    assert asff.iso(when) == expected
