@@ -29,17 +29,22 @@ The event mix (by default) is 5 GuardDuty EC2 findings : 3 Inspector2 EC2 findin
                                 [--only throughput|latency|contain] [--concurrency 1024]
                                 [--mix gd,insp,ct,...] [--contain-mode observe|dry-run|enforce]
                                 [--without SINK] [--python-gc] [--memory-store]
+                                [--workers N]
 
-The last three are diagnostics for "where the time goes": leave one sink out, keep
-Python's own garbage-collector settings instead of ``riposte run``'s, or swap the
-SQLite store for the in-memory one.
+``--workers N`` runs the latency measurement with N worker processes consuming the
+queue together, as a fleet does (they share one SQLite state file on this host).
+``--without``, ``--python-gc`` and ``--memory-store`` are diagnostics for "where the
+time goes": leave one sink out, keep Python's own garbage-collector settings instead
+of ``riposte run``'s, or swap the SQLite store for the in-memory one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -124,51 +129,84 @@ def fetch_stats(endpoint: str, since: int = 0) -> dict[str, Any]:
 
 
 async def run_chain(endpoint: str, args: argparse.Namespace, *, mode: str, settle_target: int,
-                    warmup: int, seconds: float | None) -> dict[str, Any]:
-    """Run the pipeline until ``settle_target`` messages settled (or ``seconds`` passed)."""
+                    warmup: int, seconds: float | None, state_dir: str | None = None,
+                    fleet_settled: Any = None) -> dict[str, Any]:
+    """Run the pipeline until ``settle_target`` messages settled (or ``seconds`` passed).
+
+    In a fleet (``--workers``), every worker opens the same SQLite file in ``state_dir``
+    and counts what it settles into ``fleet_settled`` (a shared ``multiprocessing``
+    value); each stops once the fleet as a whole has settled ``settle_target``.
+    """
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:
+            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="riposte-bench-"))
+        return await _run_chain(endpoint, args, mode=mode, settle_target=settle_target,
+                                warmup=warmup, seconds=seconds, state_dir=state_dir,
+                                fleet_settled=fleet_settled)
+
+
+async def _run_chain(endpoint: str, args: argparse.Namespace, *, mode: str, settle_target: int,
+                     warmup: int, seconds: float | None, state_dir: str,
+                     fleet_settled: Any) -> dict[str, Any]:
     from pipeline.assemble import build_pipeline, open_context
     from pipeline.worker import Runner
 
-    with tempfile.TemporaryDirectory(prefix="riposte-bench-") as state_dir:
-        config = chain_config(endpoint, state_dir, mode=mode, concurrency=args.concurrency,
-                              in_flight=args.in_flight, without=tuple(args.without))
-        if args.memory_store:
-            from pipeline.state.memory import MemoryStore
+    config = chain_config(endpoint, state_dir, mode=mode, concurrency=args.concurrency,
+                          in_flight=args.in_flight, without=tuple(args.without))
+    if args.memory_store:
+        from pipeline.state.memory import MemoryStore
 
-            ctx = await open_context(config, store=MemoryStore())
-        else:
-            ctx = await open_context(config)
-        pipeline = await build_pipeline(config, ctx)
-        runner = Runner(pipeline.sources, pipeline.chain, concurrency=config.service.concurrency,
-                        shutdown_deadline=30, on_close=[pipeline.aclose],
-                        gc_policy=None if args.python_gc else config.service.gc_policy())
-        timer = CpuTimer()
-        settled = 0
-        outcomes: dict[str, int] = {}
+        ctx = await open_context(config, store=MemoryStore())
+    else:
+        ctx = await open_context(config)
+    pipeline = await build_pipeline(config, ctx)
+    runner = Runner(pipeline.sources, pipeline.chain, concurrency=config.service.concurrency,
+                    shutdown_deadline=30, on_close=[pipeline.aclose],
+                    gc_policy=None if args.python_gc else config.service.gc_policy())
+    timer = CpuTimer()
+    settled = 0
+    outcomes: dict[str, int] = {}
 
-        def on_settled(_s: Any, _m: Any, outcome: Any) -> None:
-            nonlocal settled
-            settled += 1
-            outcomes[outcome.kind.value] = outcomes.get(outcome.kind.value, 0) + 1
-            if settled == warmup:
-                timer.start()
-            if settled == settle_target:
-                timer.stop()
-                runner.stop()
-
-        runner.on_settled = on_settled
-        if warmup == 0:
+    def on_settled(_s: Any, _m: Any, outcome: Any) -> None:
+        nonlocal settled
+        settled += 1
+        outcomes[outcome.kind.value] = outcomes.get(outcome.kind.value, 0) + 1
+        if settled == warmup:
             timer.start()
-        task = asyncio.ensure_future(runner.run())
-        if seconds is not None:
-            await asyncio.wait([task], timeout=seconds)
-            if not task.done():
-                timer.stop()
-                runner.stop()
-        await task
-        measured = settled - warmup if seconds is None else settled
-        return {"settled": settled, "measured": measured, "cpu": timer.cpu, "wall": timer.wall,
-                "outcomes": outcomes}
+        if fleet_settled is not None:
+            with fleet_settled.get_lock():
+                fleet_settled.value += 1
+                done = fleet_settled.value >= settle_target
+        else:
+            done = settled == settle_target
+        if done and not runner.stopping:
+            timer.stop()
+            runner.stop()
+
+    async def watch_fleet() -> None:
+        # The message that completes the fleet's count may be another worker's.
+        while fleet_settled.value < settle_target:  # noqa: ASYNC110 - another process's count
+            await asyncio.sleep(0.1)
+        if not runner.stopping:
+            timer.stop()
+            runner.stop()
+
+    runner.on_settled = on_settled
+    if warmup == 0:
+        timer.start()
+    task = asyncio.ensure_future(runner.run())
+    watcher = asyncio.ensure_future(watch_fleet()) if fleet_settled is not None else None
+    if seconds is not None:
+        await asyncio.wait([task], timeout=seconds)
+        if not task.done() and not runner.stopping:
+            timer.stop()
+            runner.stop()
+    await task
+    if watcher is not None:
+        watcher.cancel()
+    measured = settled - warmup if seconds is None else settled
+    return {"settled": settled, "measured": measured, "cpu": timer.cpu, "wall": timer.wall,
+            "outcomes": outcomes}
 
 
 def with_intakes(extra: list[str]) -> tuple[str, Any]:
@@ -221,6 +259,39 @@ def throughput(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
     return per_core, stats
 
 
+def _fleet_worker(endpoint: str, args: argparse.Namespace, total: int, state_dir: str,
+                  fleet_settled: Any, results: Any) -> None:
+    """Another worker process of a ``--workers`` latency run (same queue, same state file)."""
+    use_endpoint(endpoint)
+    os.environ["AWS_ENDPOINT_URL_SECURITYHUB"] = endpoint
+    results.put(asyncio.run(run_chain(endpoint, args, mode=args.contain_mode,
+                                      settle_target=total, warmup=0,
+                                      seconds=args.seconds * 6 + 30, state_dir=state_dir,
+                                      fleet_settled=fleet_settled)))
+
+
+def _fleet_latency_run(endpoint: str, args: argparse.Namespace, total: int
+                       ) -> list[dict[str, Any]]:
+    """This process and ``args.workers - 1`` others consume the queue until it is drained."""
+    spawn = mp.get_context("spawn")
+    fleet_settled = spawn.Value("q", 0)
+    results = spawn.Queue()
+    with tempfile.TemporaryDirectory(prefix="riposte-bench-fleet-") as state_dir:
+        others = [spawn.Process(target=_fleet_worker, daemon=True,
+                                args=(endpoint, args, total, state_dir, fleet_settled, results))
+                  for _ in range(args.workers - 1)]
+        for worker in others:
+            worker.start()
+        mine = asyncio.run(run_chain(endpoint, args, mode=args.contain_mode,
+                                     settle_target=total, warmup=0,
+                                     seconds=args.seconds * 6 + 30, state_dir=state_dir,
+                                     fleet_settled=fleet_settled))
+        theirs = [results.get(timeout=120) for _ in others]
+        for worker in others:
+            worker.join(timeout=30)
+    return [mine, *theirs]
+
+
 def latency(args: argparse.Namespace) -> dict[str, Any]:
     total = int(args.rate * args.seconds)
     endpoint, proc = with_intakes(["--rate", str(args.rate), "--total", str(total),
@@ -228,18 +299,24 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # The queue stops offering after ``seconds``; the run goes on until every message
         # offered has settled (or a cap), so a backlog shows up as latency, not as loss.
-        result = asyncio.run(run_chain(endpoint, args, mode=args.contain_mode,
-                                       settle_target=total, warmup=0,
-                                       seconds=args.seconds * 6 + 30))
+        if args.workers > 1:
+            runs = _fleet_latency_run(endpoint, args, total)
+        else:
+            runs = [asyncio.run(run_chain(endpoint, args, mode=args.contain_mode,
+                                          settle_target=total, warmup=0,
+                                          seconds=args.seconds * 6 + 30))]
         time.sleep(0.5)
         stats = fetch_stats(endpoint, since=int(args.rate * 2))
     finally:
         stop_process(proc)
+    result = {"settled": sum(r["settled"] for r in runs), "wall": max(r["wall"] for r in runs)}
+    busy = ", ".join(f"{r['cpu'] / r['wall']:.0%}" for r in runs)
+    fleet = f" by {len(runs)} worker processes sharing one SQLite file" if len(runs) > 1 else ""
     lat = stats["latency"]
     print(f"[latency] offered {args.rate:,.0f} events/s for {args.seconds:.0f} s ({total} "
           f"events; the first 2 s are excluded: {stats['sent_since']} measured); "
-          f"{result['settled']} settled in {result['wall']:.1f} s; CPU busy "
-          f"{result['cpu'] / result['wall']:.0%} of one core")
+          f"{result['settled']} settled in {result['wall']:.1f} s{fleet}; CPU busy "
+          f"{busy} of one core")
     print(f"  {'SentTimestamp -> sink':<28}{'n':>7}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}")
     for name in ("first_sink", "splunk_hec", "datadog", "security_hub", "all_sinks"):
         q = lat[name]
@@ -250,7 +327,8 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     verdict = "MET" if p99 is not None and p99 < 2 and result["settled"] >= total else "NOT MET"
     if args.rate != 1000:
         verdict = "(the target is set at 1,000/s; this run is not)"
-    print(f"  p99 at the last sink {ms(p99)}   target < 2 s at 1,000/s  {verdict}")
+    workers = f" with {len(runs)} workers" if len(runs) > 1 else ""
+    print(f"  p99 at the last sink {ms(p99)}{workers}   target < 2 s at 1,000/s  {verdict}")
     return stats
 
 
@@ -296,6 +374,9 @@ def main() -> None:
                         help="service.concurrency: messages worked on at once")
     parser.add_argument("--in-flight", type=int, default=4096, help="service.in_flight_limit")
     parser.add_argument("--only", choices=["throughput", "latency", "contain"])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="latency run: worker processes consuming the queue together, "
+                             "as a fleet does (one SQLite file shared on this host)")
     parser.add_argument("--without", action="append", default=[],
                         choices=["splunk_hec", "datadog", "security_hub"],
                         help="leave this sink out (diagnostic; the target is with all three)")
