@@ -348,7 +348,8 @@ class SqliteStore:
 
     def _write(self, sql: str, value: dict[str, Any], params: dict[str, Any]
                ) -> Stored | None:
-        """Run ``sql`` with ``params`` (key, value as JSON, exp, ...) binding ``value``."""
+        """One single-row write (``params`` from :meth:`_params`): the entry as written, or
+        None when the statement's condition kept it from writing."""
         row = self._db().execute(sql, params).fetchone()
         if row is None:
             return None
