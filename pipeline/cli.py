@@ -11,6 +11,7 @@
     riposte init-state [-c FILE]     create the state store (DynamoDB table + TTL, or SQLite)
     riposte dead-letters list [--source kinesis|sink] [--stream NAME] [--limit N] [--json]
     riposte dead-letters redrive --stream NAME [--dry-run]   put Kinesis dead letters back
+    riposte dead-letters redrive --sink NAME [--dry-run]     send a sink its refused items again
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 """
@@ -122,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(init)
 
     dead = sub.add_parser("dead-letters",
-                          help="list dead letters in the state store, or put Kinesis ones "
-                               "back on their stream")
+                          help="list dead letters in the state store, or send them again "
+                               "(Kinesis records to their stream, refused items to their sink)")
     dead_verbs = dead.add_subparsers(dest="verb", required=True, metavar="VERB")
     listing = dead_verbs.add_parser(
         "list", help="key, reason, time and size of each dead letter (no payload unless "
@@ -138,13 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--show-payload", action="store_true",
                          help="include each record's payload (it may hold sensitive data)")
     redrive = dead_verbs.add_parser(
-        "redrive", help="put a stream's dead letters back on it with PutRecords; each dead "
-                        "letter is deleted only once its record was accepted")
+        "redrive", help="put a stream's dead letters back on it with PutRecords, or send a "
+                        "sink the items it refused; each dead letter is deleted only once "
+                        "its record or item was accepted")
     _add_config_arg(redrive)
-    redrive.add_argument("--stream", metavar="NAME", required=True,
-                         help="the Kinesis stream whose dead letters go back on it")
+    target = redrive.add_mutually_exclusive_group(required=True)
+    target.add_argument("--stream", metavar="NAME",
+                        help="the Kinesis stream whose dead letters go back on it")
+    target.add_argument("--sink", metavar="NAME",
+                        help="the configured sink (by name) to send its refused items to "
+                             "again, once the cause is fixed")
     redrive.add_argument("--dry-run", action="store_true",
-                         help="only say what would be put back; change nothing")
+                         help="only say what would be put back or sent; change nothing")
     redrive.add_argument("--limit", type=_positive_int, metavar="N",
                          help="at most N dead letters, the first in key order")
     redrive.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -354,6 +360,9 @@ async def _dead_letters(args: argparse.Namespace) -> int:
                 _print_dead_letters(letters, show_payload=args.show_payload)
             print(f"{len(letters)} dead letter(s)", file=sys.stderr)
             return EXIT_OK
+        if args.sink is not None:
+            report = await _redrive_sink(config, ctx, args)
+            return _print_redrive(report, args)
         # The stream's own source decides the region; a stream no longer configured uses
         # the service region.
         region = next((s.region for s in config.sources
@@ -364,6 +373,37 @@ async def _dead_letters(args: argparse.Namespace) -> int:
                                                     dry_run=args.dry_run, limit=args.limit)
     finally:
         await ctx.aclose()
+    return _print_redrive(report, args)
+
+
+async def _redrive_sink(config: RiposteConfig, ctx: Any, args: argparse.Namespace) -> Any:
+    from pipeline import dead_letters
+    from sinks.fanout import build_runners
+
+    sink_config = next((s for s in config.sinks if s.name == args.sink), None)
+    if sink_config is None:
+        names = ", ".join(s.name for s in config.sinks) or "none"
+        raise ConfigError(f"no sink named {args.sink!r} in the configuration "
+                          f"(configured: {names})")
+    (runner,) = build_runners([sink_config], ctx)
+    try:
+        if not args.dry_run:
+            await runner.healthcheck()  # a sink still refusing its credentials: stop here
+        report = await dead_letters.redrive_sink(ctx.store, runner, dry_run=args.dry_run,
+                                                 limit=args.limit)
+        await runner.drain(sink_config.retry.budget)
+    finally:
+        await runner.aclose()
+    return report
+
+
+def _print_redrive(report: Any, args: argparse.Namespace) -> int:
+    if report.target_kind == "sink":
+        would, done, sent = ("would be sent again to", "item(s) sent again to", "sent")
+        where = f"sink {report.target}"
+    else:
+        would, done, sent = ("would go back on", "record(s) put back on", "put")
+        where = report.target
     if args.json:
         _print_json(report.as_dict())
     else:
@@ -371,12 +411,12 @@ async def _dead_letters(args: argparse.Namespace) -> int:
             if outcome.status in ("failed", "put_not_deleted"):
                 print(f"{outcome.status}: {outcome.key}: {outcome.detail}", file=sys.stderr)
         if args.dry_run:
-            print(f"dry run: {report.count('would_redrive')} dead letter(s) would go back on "
-                  f"{args.stream}, {report.count('failed')} cannot")
+            print(f"dry run: {report.count('would_redrive')} dead letter(s) {would} {where}, "
+                  f"{report.count('failed')} cannot")
         else:
-            print(f"redrive: {report.count('redriven')} record(s) put back on {args.stream}, "
+            print(f"redrive: {report.count('redriven')} {done} {where}, "
                   f"{report.count('failed')} failed and kept, "
-                  f"{report.count('put_not_deleted')} put but not deleted")
+                  f"{report.count('put_not_deleted')} {sent} but not deleted")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 

@@ -1,4 +1,4 @@
-"""Dead letters in the state store: list them, and put Kinesis ones back on their stream.
+"""Dead letters in the state store: list them, and send them again.
 
 A Kinesis record that kept failing is written to the state store (see
 ``pipeline.sources.kinesis``) because Kinesis cannot redeliver one record. Once
@@ -14,12 +14,18 @@ after a successful put, the letter stays and a second redrive sends the record
 again: downstream deduplication (the action ledger, the delivery ledger)
 absorbs such a duplicate, whereas a lost record would be lost for good.
 
+A sink's dead letter (an item the sink refused for good: a 400, a 413, a bad
+token) keeps the item as JSON. Once the cause is fixed, ``redrive --sink`` sends
+those items to that sink again through its own runner, and deletes a letter only
+once the sink accepted its item (see :func:`redrive_sink`).
+
 Listing never shows a record's payload unless asked: poison records are
 often exactly the events that carry credentials or personal data.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,9 +35,11 @@ from typing import Any, Literal
 import orjson
 
 from pipeline.aws import aws_error_code
+from pipeline.item_codec import item_from_json
 from pipeline.sources.kinesis import DEADLETTER_PREFIX as KINESIS_PREFIX
 from pipeline.sources.kinesis import deadletter_prefix
 from pipeline.state.base import StateStore, Stored
+from sinks._runner import Outcome, SinkRunner
 from sinks.delivery_ledger import DEAD_LETTER_PREFIX as SINK_PREFIX
 
 SourceKind = Literal["kinesis", "sink"]
@@ -145,9 +153,11 @@ class RedriveOutcome:
 
 @dataclass(slots=True)
 class RedriveReport:
-    stream: str
+    # The stream (Kinesis) or sink (``target_kind == "sink"``) the letters went back to.
+    target: str
     dry_run: bool
     outcomes: list[RedriveOutcome] = field(default_factory=list)
+    target_kind: Literal["stream", "sink"] = "stream"
 
     def count(self, status: RedriveStatus) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -158,7 +168,7 @@ class RedriveReport:
         return all(o.status in ("redriven", "would_redrive") for o in self.outcomes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stream": self.stream, "dry_run": self.dry_run,
+        return {self.target_kind: self.target, "dry_run": self.dry_run,
                 "counts": {s: self.count(s) for s in
                            ("redriven", "failed", "would_redrive", "put_not_deleted")},
                 "outcomes": [{"key": o.key, "status": o.status, "detail": o.detail}
@@ -209,7 +219,7 @@ async def redrive_kinesis(store: StateStore, client: Any, stream: str, *,
     goes back with the data and partition key it was read with; Kinesis gives it a
     new sequence number and the source reads it as a new record.
     """
-    report = RedriveReport(stream=stream, dry_run=dry_run)
+    report = RedriveReport(target=stream, dry_run=dry_run)
     letters = sorted(await list_dead_letters(store, source="kinesis", stream=stream,
                                              limit=limit), key=_order)
     entries: list[_Entry] = []
@@ -258,4 +268,52 @@ async def redrive_kinesis(store: StateStore, client: Any, stream: str, *,
                     f"({_error_code(exc)}): a second redrive sends it again"))
                 continue
             report.outcomes.append(RedriveOutcome(entry.letter.key, "redriven", sequence))
+    return report
+
+
+async def redrive_sink(store: StateStore, runner: SinkRunner, *, dry_run: bool = False,
+                       limit: int | None = None) -> RedriveReport:
+    """Send a sink the items it refused, once the cause is fixed (a token, a limit...).
+
+    Each dead letter's item is decoded back into the record it was
+    (:mod:`pipeline.item_codec`) and submitted through the sink's own runner, so it is
+    batched, rate-limited, retried and checked against the delivery ledger like live
+    traffic. A letter is deleted only once the sink accepted its item (or the ledger
+    shows it was accepted already). An item refused again gets its dead letter
+    rewritten by the runner, with the new reason and answer; one the sink could not take
+    within its retry budget keeps its letter as it was.
+    """
+    report = RedriveReport(target=runner.name, dry_run=dry_run, target_kind="sink")
+    stored = await store.scan(f"{SINK_PREFIX}{runner.name}:", limit=limit)
+    pending: list[tuple[DeadLetter, asyncio.Future[Outcome]]] = []
+    for letter in (_from_stored(s) for s in stored):
+        try:
+            item = item_from_json(letter.value.get("item"))
+        except ValueError as exc:
+            report.outcomes.append(RedriveOutcome(letter.key, "failed",
+                                                  f"stored item unreadable: {exc}"))
+            continue
+        if dry_run:
+            report.outcomes.append(RedriveOutcome(letter.key, "would_redrive"))
+        else:
+            pending.append((letter, await runner.submit(item)))
+    for letter, future in pending:
+        outcome = await future
+        if outcome is Outcome.REJECTED:
+            report.outcomes.append(RedriveOutcome(
+                letter.key, "failed", "refused again; the dead letter holds the new answer"))
+        elif outcome is Outcome.RELEASED:
+            report.outcomes.append(RedriveOutcome(
+                letter.key, "failed", f"not accepted within the retry budget "
+                                      f"({runner.stopped or 'transient failures'}); kept"))
+        else:
+            try:
+                await store.delete(letter.key, expected_version=letter.version)
+            except Exception as exc:
+                report.outcomes.append(RedriveOutcome(
+                    letter.key, "put_not_deleted",
+                    f"sent, but deleting the dead letter failed ({_error_code(exc)}): "
+                    "the delivery ledger keeps a second redrive from sending it again"))
+                continue
+            report.outcomes.append(RedriveOutcome(letter.key, "redriven", outcome.value))
     return report

@@ -25,16 +25,22 @@ import pytest_asyncio
 from aiohttp import web
 
 from pipeline import cli
+from pipeline.assemble import open_context
 from pipeline.aws import AwsClients
 from pipeline.clock import EventTimeClock
-from pipeline.config import KinesisSourceConfig, parse_config
+from pipeline.config import KinesisSourceConfig, load_config, parse_config
 from pipeline.dead_letters import list_dead_letters, redrive_kinesis
 from pipeline.errors import ConfigError
+from pipeline.models import Item
 from pipeline.retry import instant_retries
+from pipeline.serde import dumps
 from pipeline.sources.base import Message, Outcome
 from pipeline.sources.kinesis import deadletter_key, deadletter_prefix
 from pipeline.state.base import StateStore
 from pipeline.state.sqlite import SqliteStore
+from sinks._runner import Outcome as SinkOutcome
+from sinks.fanout import build_runners
+from tests.httpfakes import SplunkHecFake
 from tests.integration.kinesis_fake import KinesisFake, serving
 from tests.integration.test_kinesis_source import (
     Consumer,
@@ -42,6 +48,7 @@ from tests.integration.test_kinesis_source import (
     make_source,
     put_many,
 )
+from tests.unit.test_asff import make_action, make_detection, make_incident
 
 pytestmark = pytest.mark.integration
 
@@ -342,3 +349,99 @@ async def test_a_record_putrecords_refuses_keeps_its_dead_letter(
         assert [r.data for r in kinesis.shards["s0"].records[6:]] == [b"r1", b"r3"]
     finally:
         await store.aclose()
+
+
+# --- redrive to a sink --------------------------------------------------------------------------
+HEC_TOKEN = "0f5f3c52-8a8c-4b7e-9d1e-redrive"
+
+
+def write_sink_config(tmp_path: Path, fake: SplunkHecFake) -> Path:
+    path = tmp_path / "riposte.toml"
+    path.write_text(f"""
+[state]
+type = "sqlite"
+path = "{tmp_path / 'state.db'}"
+
+[[sinks]]
+type = "splunk_hec"
+name = "splunk"
+url = "{fake.url}"
+token = "{HEC_TOKEN}"
+batching = {{ max_items = 2, linger = 0.01 }}
+retry = {{ max_attempts = 2, base_delay = 0.01, budget = 2.0 }}
+""")
+    return path
+
+
+async def test_sink_dead_letters_are_sent_again_once_the_sink_takes_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items: list[Item] = [make_incident(), make_detection(), make_action()]
+    async with SplunkHecFake(HEC_TOKEN, max_content_length=200) as fake:
+        path = write_sink_config(tmp_path, fake)
+        config = str(path)
+        # Live traffic: the intake refuses every event as too large, for good (413).
+        ctx = await open_context(load_config(path))
+        try:
+            (runner,) = build_runners(ctx.config.sinks, ctx)
+            futures = [await runner.submit(item) for item in items]
+            assert [await f for f in futures] == [SinkOutcome.REJECTED] * 3
+            await runner.aclose()
+            letters = await list_dead_letters(ctx.store, source="sink")
+        finally:
+            await ctx.aclose()
+        assert len(letters) == 3 and {d.origin for d in letters} == {"splunk"}
+
+        code, out, _ = await run_cli(capsys, "dead-letters", "redrive", "-c", config,
+                                     "--sink", "splunk", "--dry-run")
+        assert code == 0
+        assert "dry run: 3 dead letter(s) would be sent again to sink splunk, 0 cannot" in out
+        assert fake.events == []
+
+        # The cause is not fixed yet: refused again, every letter kept (with the new answer).
+        code, out, _ = await run_cli(capsys, "dead-letters", "redrive", "-c", config,
+                                     "--sink", "splunk", "--json")
+        report = orjson.loads(out)
+        assert code == 1 and report["sink"] == "splunk"
+        assert report["counts"]["failed"] == 3 and report["counts"]["redriven"] == 0
+        assert fake.events == []
+
+        fake.max_content_length = 1_000_000  # fixed
+        code, out, err = await run_cli(capsys, "dead-letters", "redrive", "-c", config,
+                                       "--sink", "splunk")
+        assert code == 0, err
+        assert "redrive: 3 item(s) sent again to sink splunk, 0 failed and kept" in out
+        # Each item arrives once, exactly as it was first sent.
+        assert sorted((e["event"] for e in fake.events), key=lambda e: e["item_kind"]) == sorted(
+            (orjson.loads(dumps(i)) for i in items), key=lambda e: e["item_kind"])
+
+        code, out, _ = await run_cli(capsys, "dead-letters", "redrive", "-c", config,
+                                     "--sink", "splunk")
+        assert code == 0 and "redrive: 0 item(s)" in out and len(fake.events) == 3
+    store = await SqliteStore.open(tmp_path / "state.db")
+    try:
+        assert await list_dead_letters(store, source="sink") == []
+    finally:
+        await store.aclose()
+
+
+async def test_sink_redrive_refuses_an_unknown_sink_and_an_unreadable_item(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with SplunkHecFake(HEC_TOKEN) as fake:
+        config = str(write_sink_config(tmp_path, fake))
+        code, _, err = await run_cli(capsys, "dead-letters", "redrive", "-c", config,
+                                     "--sink", "datadog")
+        assert code == 2 and "no sink named 'datadog'" in err and "configured: splunk" in err
+        store = await SqliteStore.open(tmp_path / "state.db")
+        try:
+            await store.put("deadletter:sink:splunk:x", {
+                "sink": "splunk", "item_id": "x", "reason": "http_400",
+                "item": {"item_kind": "incident", "id": "x"}})
+        finally:
+            await store.aclose()
+        code, _, err = await run_cli(capsys, "dead-letters", "redrive", "-c", config,
+                                     "--sink", "splunk")
+        assert code == 1 and "stored item unreadable" in err and fake.events == []
+        with pytest.raises(SystemExit) as exited:  # one target or the other, not both
+            await run_cli(capsys, "dead-letters", "redrive", "-c", config,
+                          "--sink", "splunk", "--stream", "s")
+        assert exited.value.code == 2
