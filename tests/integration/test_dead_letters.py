@@ -69,18 +69,15 @@ async def dead_letter_all(stream: str, store: StateStore, aws: AwsClients, count
     return consumer.received
 
 
-def write_config(tmp_path: Path, stream: str) -> Path:
+def config_file(tmp_path: Path, rest: str) -> Path:
+    """A config with the SQLite state store in ``tmp_path``, then ``rest``."""
     path = tmp_path / "riposte.toml"
-    path.write_text(f"""
-[state]
-type = "sqlite"
-path = "{tmp_path / 'state.db'}"
-
-[[sources]]
-type = "kinesis"
-stream_name = "{stream}"
-""")
+    path.write_text(f'[state]\ntype = "sqlite"\npath = "{tmp_path / "state.db"}"\n{rest}')
     return path
+
+
+def write_config(tmp_path: Path, stream: str) -> Path:
+    return config_file(tmp_path, f'[[sources]]\ntype = "kinesis"\nstream_name = "{stream}"\n')
 
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -356,12 +353,7 @@ HEC_TOKEN = "0f5f3c52-8a8c-4b7e-9d1e-redrive"
 
 
 def write_sink_config(tmp_path: Path, fake: SplunkHecFake) -> Path:
-    path = tmp_path / "riposte.toml"
-    path.write_text(f"""
-[state]
-type = "sqlite"
-path = "{tmp_path / 'state.db'}"
-
+    return config_file(tmp_path, f"""
 [[sinks]]
 type = "splunk_hec"
 name = "splunk"
@@ -370,7 +362,6 @@ token = "{HEC_TOKEN}"
 batching = {{ max_items = 2, linger = 0.01 }}
 retry = {{ max_attempts = 2, base_delay = 0.01, budget = 2.0 }}
 """)
-    return path
 
 
 async def test_sink_dead_letters_are_sent_again_once_the_sink_takes_them(
