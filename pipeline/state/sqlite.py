@@ -37,6 +37,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -293,18 +294,45 @@ class SqliteStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        if self.path != ":memory:":
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("sqlite WAL mode unavailable", extra={"path": self.path,
-                                                                   "journal_mode": mode})
-        # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose
-        # the last transactions, which redelivery of unacknowledged messages covers.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
+        try:
+            self._set_up(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """WAL, sync level and schema, retried while another process holds the file.
+
+        Processes that open a new file at the same moment (workers of one host starting
+        together) race to switch it to WAL and create the table; SQLite answers the
+        loser "database is locked" at once, without waiting the busy timeout, when
+        waiting could deadlock. Each step is idempotent, so it is tried again until
+        the busy timeout has passed.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.01
+        while True:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                if self.path != ":memory:":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        log.warning("sqlite WAL mode unavailable",
+                                    extra={"path": self.path, "journal_mode": mode})
+                # WAL + NORMAL: a commit survives a process crash; only an OS crash may
+                # lose the last transactions, which redelivery of unacknowledged messages
+                # covers.
+                conn.execute("PRAGMA synchronous = NORMAL")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)  # the store's own thread, before anything else is queued
+            delay = min(delay * 2, 0.2)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -122,6 +122,48 @@ async def test_lock_held_too_long_is_retriable(tmp_path: Path) -> None:
         await store.aclose()
 
 
+async def test_opening_waits_out_a_writer_on_a_new_file(tmp_path: Path) -> None:
+    # Another process is writing to a file still in rollback-journal mode (as when
+    # workers of one host start together). Switching it to WAL then fails at once with
+    # "database is locked", SQLite skipping the busy wait to avoid a deadlock: open()
+    # must keep trying within its busy timeout rather than fail the worker's start.
+    path = tmp_path / "s.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        store = await SqliteStore.open(path, busy_timeout=5.0)
+        try:
+            assert (await store.put("k", {"a": 1})).version == 1
+        finally:
+            await store.aclose()
+    finally:
+        release.join()
+        holder.close()
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        check.close()
+
+
+async def test_opening_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    try:
+        with pytest.raises(RetriableError, match="database is locked"):
+            await SqliteStore.open(path, busy_timeout=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 class Paused:
     """Holds the store's worker thread inside a call, so what is queued meanwhile forms ONE
     batch when released (the batch a busy pipeline would make on its own)."""
