@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how far out of event-time order the input may be (default 300)")
     replay.add_argument("--state", metavar="FILE",
                         help="SQLite state file (default: a fresh temporary one; "
-                             "':memory:' keeps state in memory, faster)")
+                             "':memory:' keeps state in memory, faster); a file whose "
+                             "last replay did not finish is refused")
 
     actions = sub.add_parser("actions", help="containment actions: list, pause, resume")
     actions.add_argument("verb", choices=["list", "pause", "resume"])

@@ -39,7 +39,7 @@ from pipeline.chain import Stage
 from pipeline.clock import Clock, EventTimeClock
 from pipeline.config import RiposteConfig
 from pipeline.context import RuntimeContext
-from pipeline.errors import attach_component
+from pipeline.errors import ConfigError, attach_component
 from pipeline.gctune import GcTuning
 from pipeline.models import (
     ActionMode,
@@ -56,9 +56,13 @@ from pipeline.sources.files import Body, count_local_files, iter_local, iter_s3,
 from pipeline.stages.normalize import NormalizeStage
 from pipeline.state.base import StateStore
 from pipeline.state.memory import MemoryStore
+from pipeline.state.writeback import WriteBackStore
 
 # ``kind.value`` is a property lookup on the enum; counting runs once per record.
 _KIND_NAMES: dict[EventKind, str] = {kind: kind.value for kind in EventKind}
+
+# In a --state file: whether the replay that last used it finished.
+STATE_MARKER = "replay:state"
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +398,24 @@ async def run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResult
         tuning.restore()
 
 
+async def _claim_state_file(store: WriteBackStore, path: str) -> None:
+    """Refuse a ``--state`` file whose last replay did not finish; mark this one as running.
+
+    A killed replay leaves its file covering part of an archive, with state written back
+    up to some point only: baselines and ledgers a later backtest must not build on
+    unknowingly. A file whose replay finished can be reused (to start from the baselines
+    an earlier period taught).
+    """
+    marker = await store.get(STATE_MARKER)
+    if marker is not None and marker.value.get("complete") is not True:
+        await store.aclose()
+        raise ConfigError(f"--state {path}: the replay that last used this file did not "
+                          "finish, so its baselines and ledgers are partial; use a new file "
+                          "(or delete this one)")
+    await store.put(STATE_MARKER, {"complete": False})
+    await store.flush()  # on disk now: a run killed before its first write-back shows too
+
+
 async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResult:
     clock = EventTimeClock()
     workdir = None
@@ -403,7 +425,6 @@ async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResul
         store = MemoryStore(clock)
     else:
         from pipeline.state.sqlite import SqliteStore
-        from pipeline.state.writeback import WriteBackStore
 
         if state_path is None:
             workdir = tempfile.TemporaryDirectory(prefix="riposte-replay-")
@@ -412,6 +433,8 @@ async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResul
         # in batches; a --state file is complete at the end, a temporary one is not.
         store = await WriteBackStore.wrap(await SqliteStore.open(state_path, clock=clock),
                                           clock, keep=opts.state_path is not None)
+        if opts.state_path is not None:
+            await _claim_state_file(store, opts.state_path)
     aws = ReadOnlyAwsClients(config.service.region)
     ctx = RuntimeContext(config=config, store=store, aws=aws, clock=clock, simulate=True)
     result = ReplayResult()
@@ -439,6 +462,8 @@ async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResul
                 await replayer.feed(body)
                 progress.update(result.events, result.inputs)
             await replayer.drain()
+            if opts.state_path not in (None, MEMORY_STATE):
+                await store.put(STATE_MARKER, {"complete": True})
         finally:
             if opts.send_to_sinks:
                 await replayer.fanout.aclose()

@@ -7,6 +7,7 @@ is looked up there and never anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 from datetime import UTC, datetime
@@ -19,7 +20,9 @@ import pytest
 from pipeline import report
 from pipeline.cli import main
 from pipeline.config import RiposteConfig, parse_config
-from pipeline.replay import MEMORY_STATE, Progress, ReplayOptions, run_replay
+from pipeline.errors import ConfigError
+from pipeline.replay import MEMORY_STATE, STATE_MARKER, Progress, ReplayOptions, run_replay
+from pipeline.state.sqlite import SqliteStore
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SAMPLES = FIXTURES / "samples"
@@ -302,3 +305,25 @@ async def test_one_bad_record_of_a_log_file_does_not_lose_its_neighbours(
     assert rep["inputs"]["files"] == 1 and rep["inputs"]["messages"] == 1
     (reason,) = rep["inputs"]["errors"]
     assert reason.startswith("normalize:") and rep["inputs"]["errors"][reason] == 1
+
+
+async def test_a_state_file_of_a_replay_that_did_not_finish_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state.db"
+    first = await replay_report([GD_PAIRED, INSPECTOR_PAIRED], state_path=str(state))
+    # A finished run's file can be used again (its baselines carry over).
+    again = await replay_report([GD_PAIRED, INSPECTOR_PAIRED], state_path=str(state))
+    assert first["inputs"]["events"] == again["inputs"]["events"] == 2
+    store = await SqliteStore.open(state)
+    try:
+        marker = await store.get(STATE_MARKER)
+        assert marker is not None and marker.value == {"complete": True}
+        # What a replay killed mid-way leaves: the marker it wrote when it started.
+        await store.put(STATE_MARKER, {"complete": False})
+    finally:
+        await store.aclose()
+    with pytest.raises(ConfigError, match="did not finish"):
+        await replay_report([GD_PAIRED], state_path=str(state))
+    code = await asyncio.to_thread(main, ["replay", str(GD_PAIRED), "--state", str(state),
+                                          "--out", str(tmp_path / "out")])
+    assert code == 2 and "did not finish" in capsys.readouterr().err
