@@ -363,15 +363,14 @@ async def _dead_letters(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.sink is not None:
             report = await _redrive_sink(config, ctx, args)
-            return _print_redrive(report, args)
-        # The stream's own source decides the region; a stream no longer configured uses
-        # the service region.
-        region = next((s.region for s in config.sources
-                       if isinstance(s, KinesisSourceConfig) and s.stream_name == args.stream),
-                      None)
-        client = await ctx.aws.client("kinesis", region=region)
-        report = await dead_letters.redrive_kinesis(ctx.store, client, args.stream,
-                                                    dry_run=args.dry_run, limit=args.limit)
+        else:
+            # The stream's own source decides the region; a stream no longer configured
+            # uses the service region.
+            region = next((s.region for s in config.sources if isinstance(s, KinesisSourceConfig)
+                           and s.stream_name == args.stream), None)
+            client = await ctx.aws.client("kinesis", region=region)
+            report = await dead_letters.redrive_kinesis(ctx.store, client, args.stream,
+                                                        dry_run=args.dry_run, limit=args.limit)
     finally:
         await ctx.aclose()
     return _print_redrive(report, args)
