@@ -197,12 +197,6 @@ def classify(exc: BaseException, where: str) -> BaseException:
     return exc
 
 
-def error_code(exc: BaseException) -> str | None:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "")) or None
-    return None
-
-
 async def invoke(aws: ClientSource, api: ApiCall) -> dict[str, Any]:
     """Issue one call; errors come back classified (see :func:`classify`)."""
     client = await aws.client(api.service, api.region or "us-east-1")

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.aws import AwsClients
+from pipeline.aws import AwsClients, aws_error_code
 from pipeline.clock import WALL_CLOCK, Clock
 from pipeline.errors import RetriableError
 from pipeline.state.base import Stored
@@ -49,8 +49,7 @@ def partition_of(key: str) -> str:
 
 
 def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
+    return aws_error_code(exc) or ""
 
 
 class DynamoDbStore:
