@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -137,20 +136,14 @@ async def run_chain(endpoint: str, args: argparse.Namespace, *, mode: str, settl
     and counts what it settles into ``fleet_settled`` (a shared ``multiprocessing``
     value); each stops once the fleet as a whole has settled ``settle_target``.
     """
-    with contextlib.ExitStack() as stack:
-        if state_dir is None:
-            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="riposte-bench-"))
-        return await _run_chain(endpoint, args, mode=mode, settle_target=settle_target,
-                                warmup=warmup, seconds=seconds, state_dir=state_dir,
-                                fleet_settled=fleet_settled)
-
-
-async def _run_chain(endpoint: str, args: argparse.Namespace, *, mode: str, settle_target: int,
-                     warmup: int, seconds: float | None, state_dir: str,
-                     fleet_settled: Any) -> dict[str, Any]:
     from pipeline.assemble import build_pipeline, open_context
     from pipeline.worker import Runner
 
+    if state_dir is None:
+        with tempfile.TemporaryDirectory(prefix="riposte-bench-") as temporary:
+            return await run_chain(endpoint, args, mode=mode, settle_target=settle_target,
+                                   warmup=warmup, seconds=seconds, state_dir=temporary,
+                                   fleet_settled=fleet_settled)
     config = chain_config(endpoint, state_dir, mode=mode, concurrency=args.concurrency,
                           in_flight=args.in_flight, without=tuple(args.without))
     if args.memory_store:
