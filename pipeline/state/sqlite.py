@@ -168,6 +168,12 @@ def _deliver(results: list[_Result]) -> None:
             future.set_result(value)
 
 
+def _all_failed(jobs: list[_Job], exc: BaseException
+                ) -> list[tuple[asyncio.AbstractEventLoop, _Result]]:
+    """Every call of a group answered with ``exc`` (its transaction did not happen)."""
+    return [(job[0], (job[1], None, exc)) for job in jobs]
+
+
 class _Worker:
     """The one thread that owns the connection.
 
@@ -232,7 +238,7 @@ class _Worker:
             try:
                 self._txn.begin()
             except BaseException as exc:  # the write lock was not granted: nothing ran
-                return [(job[0], (job[1], None, exc)) for job in jobs]
+                return _all_failed(jobs, exc)
         out: list[tuple[asyncio.AbstractEventLoop, _Result]] = []
         for loop, future, fn, args, _ in jobs:
             try:
@@ -241,7 +247,7 @@ class _Worker:
                 if in_txn and not self._txn.active():
                     # Some errors (disk full, I/O) make SQLite roll the whole transaction
                     # back: what ran before is gone, so the whole batch failed.
-                    return [(job[0], (job[1], None, exc)) for job in jobs]
+                    return _all_failed(jobs, exc)
                 out.append((loop, (future, None, exc)))
         if in_txn:
             try:
@@ -249,7 +255,7 @@ class _Worker:
             except BaseException as exc:  # nothing of the batch is durable: all of it failed
                 with contextlib.suppress(Exception):
                     self._txn.rollback()
-                return [(job[0], (job[1], None, exc)) for job in jobs]
+                return _all_failed(jobs, exc)
             self.transactions += 1
         return out
 
