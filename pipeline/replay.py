@@ -421,6 +421,7 @@ async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResul
     workdir = None
     state_path = opts.state_path
     store: StateStore
+    claimed = False  # a --state file this run marked as running (see _claim_state_file)
     if state_path == MEMORY_STATE:
         store = MemoryStore(clock)
     else:
@@ -435,6 +436,7 @@ async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResul
                                           clock, keep=opts.state_path is not None)
         if opts.state_path is not None:
             await _claim_state_file(store, opts.state_path)
+            claimed = True
     aws = ReadOnlyAwsClients(config.service.region)
     ctx = RuntimeContext(config=config, store=store, aws=aws, clock=clock, simulate=True)
     result = ReplayResult()
@@ -462,7 +464,7 @@ async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResul
                 await replayer.feed(body)
                 progress.update(result.events, result.inputs)
             await replayer.drain()
-            if opts.state_path not in (None, MEMORY_STATE):
+            if claimed:
                 await store.put(STATE_MARKER, {"complete": True})
         finally:
             if opts.send_to_sinks:
