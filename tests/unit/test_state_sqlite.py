@@ -122,16 +122,22 @@ async def test_lock_held_too_long_is_retriable(tmp_path: Path) -> None:
         await store.aclose()
 
 
+def _writing_to_a_new_file(path: Path) -> sqlite3.Connection:
+    """Another connection in the middle of a write to a file still in rollback-journal mode."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    return holder
+
+
 async def test_opening_waits_out_a_writer_on_a_new_file(tmp_path: Path) -> None:
     # Another process is writing to a file still in rollback-journal mode (as when
     # workers of one host start together). Switching it to WAL then fails at once with
     # "database is locked", SQLite skipping the busy wait to avoid a deadlock: open()
     # must keep trying within its busy timeout rather than fail the worker's start.
     path = tmp_path / "s.db"
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    holder.execute("CREATE TABLE other (x)")
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO other VALUES (1)")
+    holder = _writing_to_a_new_file(path)
     release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
     release.start()
     try:
@@ -152,10 +158,7 @@ async def test_opening_waits_out_a_writer_on_a_new_file(tmp_path: Path) -> None:
 
 async def test_opening_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE other (x)")
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO other VALUES (1)")
+    holder = _writing_to_a_new_file(path)
     try:
         with pytest.raises(RetriableError, match="database is locked"):
             await SqliteStore.open(path, busy_timeout=0.2)
