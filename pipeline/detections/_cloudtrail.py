@@ -18,6 +18,7 @@ from urllib.parse import unquote, unquote_plus
 import orjson
 
 from pipeline.models import Event, ResourceRef
+from pipeline.normalizers.cloudtrail import CloudTrailAttributes
 from pipeline.normalizers.common import is_mapping
 
 _SERVICE_HOST = re.compile(r"^[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?$", re.IGNORECASE)
@@ -152,40 +153,74 @@ def _lookup(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
 
 def _pick(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
           path: tuple[str, ...]) -> str | None:
-    """:func:`_lookup`, as a non-empty string or None."""
+    """:func:`_lookup`, as a non-empty string or None (as the normalizer reads it)."""
     value = _lookup(attrs, record, name, path)
-    if value.__class__ is str:
-        return value or None
-    return _str_or_none(value)
+    return value if isinstance(value, str) and value else None
+
+
+# The view's text fields: attribute name -> where the raw record keeps it. The CloudTrail
+# normalizer writes each of them as an attribute whenever the record has it.
+_TEXT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("event_name", ("eventName",)),
+    ("event_source", ("eventSource",)),
+    ("source_ip", ("sourceIPAddress",)),
+    ("user_agent", ("userAgent",)),
+    ("access_key_id", ("userIdentity", "accessKeyId")),
+    ("principal_arn", ("userIdentity", "arn")),
+    ("user_type", ("userIdentity", "type")),
+    ("user_name", ("userIdentity", "userName")),
+    ("session_issuer_arn", ("userIdentity", "sessionContext", "sessionIssuer", "arn")),
+    ("invoked_by", ("userIdentity", "invokedBy")),
+    ("error_code", ("errorCode",)),
+    ("account_id", ("userIdentity", "accountId")),
+    ("recipient_account_id", ("recipientAccountId",)),
+)
+
+
+def _completed(attrs: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` with every text field as the normalizer would have written it: from the
+    attributes if set there, else from the raw record; left out if neither has one."""
+    out = dict(attrs)
+    for name, path in _TEXT_FIELDS:
+        value = _pick(attrs, record, name, path)
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
 
 
 class CloudTrailView:
     """Attributes first, raw record second; every accessor tolerates absence.
 
-    The fields nearly every rule reads are filled in at once (a dozen dictionary
-    reads cost less than looking each up on demand); the rest are computed on
-    first use.
+    An event the CloudTrail normalizer made carries :class:`CloudTrailAttributes`,
+    which hold every text field the record has: the view reads those alone. Any other
+    event (built elsewhere, or decoded from an older item) has its attributes completed
+    from the raw record first, so both give the same view. The fields nearly every rule
+    reads are filled in at once (a dozen dictionary reads cost less than looking each
+    up on demand); the rest are computed on first use.
     """
 
     def __init__(self, event: Event) -> None:
         self.event = event
         attrs: Mapping[str, Any] = event.attributes or {}
         record: Mapping[str, Any] = _raw_record(event.raw or {})
+        if attrs.__class__ is not CloudTrailAttributes:
+            attrs = _completed(attrs, record)
         self.attrs = attrs
         self.record = record
-        self.event_name = _pick(attrs, record, "event_name", ("eventName",))
-        self.event_source = _pick(attrs, record, "event_source", ("eventSource",))
-        self.source_ip = _pick(attrs, record, "source_ip", ("sourceIPAddress",))
-        self.user_agent = _pick(attrs, record, "user_agent", ("userAgent",))
-        self.access_key_id = _pick(attrs, record, "access_key_id",
-                                   ("userIdentity", "accessKeyId"))
-        self.principal_arn = _pick(attrs, record, "principal_arn", ("userIdentity", "arn"))
-        self.user_type = _pick(attrs, record, "user_type", ("userIdentity", "type"))
-        self.user_name = _pick(attrs, record, "user_name", ("userIdentity", "userName"))
-        self.session_issuer_arn = _pick(attrs, record, "session_issuer_arn", (
-            "userIdentity", "sessionContext", "sessionIssuer", "arn"))
-        self.invoked_by = _pick(attrs, record, "invoked_by", ("userIdentity", "invokedBy"))
-        self.error_code = _pick(attrs, record, "error_code", ("errorCode",))
+        get = attrs.get
+        self.event_name: str | None = get("event_name")
+        self.event_source: str | None = get("event_source")
+        self.source_ip: str | None = get("source_ip")
+        self.user_agent: str | None = get("user_agent")
+        self.access_key_id: str | None = get("access_key_id")
+        self.principal_arn: str | None = get("principal_arn")
+        self.user_type: str | None = get("user_type")
+        self.user_name: str | None = get("user_name")
+        self.session_issuer_arn: str | None = get("session_issuer_arn")
+        self.invoked_by: str | None = get("invoked_by")
+        self.error_code: str | None = get("error_code")
         self.region = event.region or _str_or_none(record.get("awsRegion"))
 
     # --- generic access -----------------------------------------------------------------
@@ -195,12 +230,11 @@ class CloudTrailView:
     # --- fields -------------------------------------------------------------------------
     @lazy
     def account_id(self) -> str | None:
-        return _pick(self.attrs, self.record, "account_id", ("userIdentity", "accountId"))
+        return self.attrs.get("account_id")
 
     @lazy
     def recipient_account_id(self) -> str | None:
-        return _pick(self.attrs, self.record, "recipient_account_id",
-                     ("recipientAccountId",))
+        return self.attrs.get("recipient_account_id")
 
     @lazy
     def error_message(self) -> str | None:

@@ -63,32 +63,18 @@ class CloudTrailRecord(BaseModel):
     resources: list[Any] | None = None
 
 
-class _Fields:
-    """The fields ``normalize`` reads, as :class:`CloudTrailRecord` would give them."""
+class CloudTrailAttributes(dict[str, Any]):
+    """An event's attributes exactly as :func:`normalize` wrote them.
 
-    __slots__ = ("aws_region", "error_code", "error_message", "event_id", "event_name",
-                 "event_source", "event_time", "event_type", "read_only",
-                 "recipient_account_id", "request_parameters", "resources",
-                 "response_elements", "source_ip", "user_agent", "user_identity")
+    Each field normalize reads from the record is present when the record has it as a
+    non-empty string (``mfa_authenticated`` and ``read_only``: a boolean; the request and
+    response: any non-null value) and absent otherwise, so a reader that finds this type
+    need not look in the raw record for what is missing (see
+    :class:`~pipeline.detections._cloudtrail.CloudTrailView`). It is an ordinary dict in
+    every other way: it serialises, compares and copies as one.
+    """
 
-    def __init__(self, doc: Mapping[str, Any]) -> None:
-        get = doc.get
-        self.event_id: str | None = get("eventID")
-        self.event_name: str = doc["eventName"]
-        self.event_source: str = doc["eventSource"]
-        self.event_time: Any = get("eventTime")
-        self.event_type: Any = get("eventType")
-        self.aws_region: str | None = get("awsRegion")
-        self.recipient_account_id: str | None = get("recipientAccountId")
-        self.source_ip: Any = get("sourceIPAddress")
-        self.user_agent: Any = get("userAgent")
-        self.error_code: Any = get("errorCode")
-        self.error_message: Any = get("errorMessage")
-        self.read_only: Any = get("readOnly")
-        self.user_identity: dict[str, Any] | None = get("userIdentity")
-        self.request_parameters: Any = get("requestParameters")
-        self.response_elements: Any = get("responseElements")
-        self.resources: list[Any] | None = get("resources")
+    __slots__ = ()
 
 
 # Field names that differ from their alias: the model also accepts them (populate_by_name).
@@ -96,13 +82,14 @@ _NAMES = frozenset(name for name, info in CloudTrailRecord.model_fields.items()
                    if info.alias not in (None, name))
 
 
-def _read(doc: Mapping[str, Any]) -> _Fields | CloudTrailRecord:
-    """The record's fields; the model validates only what does not plainly conform.
+def _read(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The record, under its CloudTrail names; the model checks only what does not plainly
+    conform.
 
-    Log files hold well-formed records, for which the checks below give exactly what
-    the model would, several times faster; anything unusual (a wrong type, an empty
-    required string, a snake_case field name) goes through the model, so error
-    messages and coercions stay the model's.
+    Log files hold well-formed records, which are returned as they are, several times
+    faster than the model would read them and with the same values; anything unusual (a
+    wrong type, an empty required string, a snake_case field name) goes through the
+    model, so error messages and coercions stay the model's.
     """
     get = doc.get
     name, source, ident = get("eventName"), get("eventSource"), get("userIdentity")
@@ -115,8 +102,8 @@ def _read(doc: Mapping[str, Any]) -> _Fields | CloudTrailRecord:
             and (ident is None or type(ident) is dict)
             and (resources is None or type(resources) is list)
             and _NAMES.isdisjoint(doc)):
-        return _Fields(doc)
-    return validate(CloudTrailRecord, doc, "CloudTrail record")
+        return doc
+    return validate(CloudTrailRecord, doc, "CloudTrail record").model_dump(by_alias=True)
 
 
 def source_for(event_source: str) -> str:
@@ -131,46 +118,65 @@ def normalize(doc: Mapping[str, Any], env: Envelope, raw: Mapping[str, Any]) -> 
     what EventBridge would have said for it: rules and allowlists see one vocabulary.
     """
     rec = _read(doc)
-    event_id = rec.event_id or (env.id if env.shape == "eventbridge" else None)
+    get = rec.get
+    event_name: str = rec["eventName"]
+    event_source: str = rec["eventSource"]
+    event_id = get("eventID") or (env.id if env.shape == "eventbridge" else None)
     if event_id is None:
         raise invalid("CloudTrail record: eventID: Field required")
-    ident: Mapping[str, Any] = rec.user_identity or {}
+    ident: Mapping[str, Any] = get("userIdentity") or {}
     context = obj(ident.get("sessionContext"))
     issuer = obj(context.get("sessionIssuer"))
     ident_account = opt_str(ident.get("accountId"))
-    account = rec.recipient_account_id or env.account or ident_account
-    region = rec.aws_region or env.region
+    recipient = opt_str(get("recipientAccountId"))
+    account = recipient or env.account or ident_account
+    region = get("awsRegion") or env.region
     access_key = opt_str(ident.get("accessKeyId"))
     user_type = opt_str(ident.get("type"))
     user_name = opt_str(ident.get("userName")) or opt_str(issuer.get("userName"))
     principal_arn = opt_str(ident.get("arn"))
     principal_id = opt_str(ident.get("principalId"))
-    event_type = opt_str(rec.event_type)
-    params = obj(rec.request_parameters)
-    every: dict[str, Any] = {
-        "event_name": rec.event_name,
-        "event_source": rec.event_source,
-        "event_type": event_type,
-        "source_ip": opt_str(rec.source_ip),
-        "user_agent": opt_str(rec.user_agent),
-        "access_key_id": access_key,
-        "principal_arn": principal_arn,
-        "principal_id": principal_id,
-        "user_type": user_type,
-        "user_name": user_name,
-        "account_id": ident_account,
-        "invoked_by": opt_str(ident.get("invokedBy")),
-        "session_issuer_arn": opt_str(issuer.get("arn")),
-        "mfa_authenticated": opt_bool(obj(context.get("attributes")).get("mfaAuthenticated")),
-        "error_code": opt_str(rec.error_code),
-        "error_message": opt_str(rec.error_message),
-        "read_only": opt_bool(rec.read_only),
-        "request_parameters": rec.request_parameters,
-        "response_elements": rec.response_elements,
-        "recipient_account_id": rec.recipient_account_id,
-    }
-    attributes = {k: v for k, v in every.items() if v is not None}  # unset ones left out
-    time = first_time(rec.event_time) or env.time or env.fallback_time()
+    event_type = opt_str(get("eventType"))
+    request = get("requestParameters")
+    # Unset fields are left out (see CloudTrailAttributes), in this order.
+    attributes = CloudTrailAttributes(event_name=event_name, event_source=event_source)
+    if event_type is not None:
+        attributes["event_type"] = event_type
+    if (source_ip := opt_str(get("sourceIPAddress"))) is not None:
+        attributes["source_ip"] = source_ip
+    if (user_agent := opt_str(get("userAgent"))) is not None:
+        attributes["user_agent"] = user_agent
+    if access_key is not None:
+        attributes["access_key_id"] = access_key
+    if principal_arn is not None:
+        attributes["principal_arn"] = principal_arn
+    if principal_id is not None:
+        attributes["principal_id"] = principal_id
+    if user_type is not None:
+        attributes["user_type"] = user_type
+    if user_name is not None:
+        attributes["user_name"] = user_name
+    if ident_account is not None:
+        attributes["account_id"] = ident_account
+    if (invoked_by := opt_str(ident.get("invokedBy"))) is not None:
+        attributes["invoked_by"] = invoked_by
+    if (issuer_arn := opt_str(issuer.get("arn"))) is not None:
+        attributes["session_issuer_arn"] = issuer_arn
+    if (mfa := opt_bool(obj(context.get("attributes")).get("mfaAuthenticated"))) is not None:
+        attributes["mfa_authenticated"] = mfa
+    if (error_code := opt_str(get("errorCode"))) is not None:
+        attributes["error_code"] = error_code
+    if (error_message := opt_str(get("errorMessage"))) is not None:
+        attributes["error_message"] = error_message
+    if (read_only := opt_bool(get("readOnly"))) is not None:
+        attributes["read_only"] = read_only
+    if request is not None:
+        attributes["request_parameters"] = request
+    if (response := get("responseElements")) is not None:
+        attributes["response_elements"] = response
+    if recipient is not None:
+        attributes["recipient_account_id"] = recipient
+    time = first_time(get("eventTime")) or env.time or env.fallback_time()
     principal = _principal(issuer, user_type, user_name, principal_arn, account=ident_account,
                            principal_id=principal_id)
     resources: list[ResourceRef] = []
@@ -185,13 +191,13 @@ def normalize(doc: Mapping[str, Any], env: Envelope, raw: Mapping[str, Any]) -> 
         ))
     if principal is not None:
         resources.append(principal)
-    resources.extend(_touched(rec.resources, params, account, region))
+    resources.extend(_touched(get("resources"), obj(request), account, region))
     return Event(
         id=event_id,
         kind=EventKind.CLOUDTRAIL,
-        type=rec.event_name,
-        title=f"{rec.event_name} ({rec.event_source})",
-        source=env.source or source_for(rec.event_source),
+        type=event_name,
+        title=f"{event_name} ({event_source})",
+        source=env.source or source_for(event_source),
         account=account,
         region=region,
         time=time,
