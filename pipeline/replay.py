@@ -289,17 +289,23 @@ class _Replayer:
 
     async def _through(self, stage: Stage, items: list[Any], name: str) -> list[Any]:
         produced: list[Any] = []
-        # Normalize is synchronous: a log file's records need not be awaited one by one.
-        normalize = stage.normalize if isinstance(stage, NormalizeStage) else None
+        # Normalize is synchronous: a log file's records need not be awaited one by one,
+        # and the events they make are counted once for the whole batch.
+        normalize = stage if isinstance(stage, NormalizeStage) else None
+        made: list[Event] = []
         for item in items:
             try:
                 if normalize is not None and isinstance(item, RawRecord):
-                    produced.extend(normalize(item))
+                    events = normalize.convert(item)
+                    made.extend(events)
+                    produced.extend(events)
                 else:
                     produced.extend(await stage.process(item))
             except Exception as exc:  # a stage failure must not end a backtest
                 err = attach_component(exc, stage.name)
                 self.result.error(name, f"{err.component}:{err.reason}", str(err))
+        if normalize is not None and made:
+            normalize.count(made)
         return produced
 
     async def _laned(self, ts: float, event: Event) -> None:

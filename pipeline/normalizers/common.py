@@ -120,6 +120,7 @@ _FORMATS = (
 )
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 _MAX_TIME_TEXT = 64
+_CLOUDTRAIL_TIME_LEN = len("2026-01-01T00:00:00Z")
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -131,6 +132,13 @@ def parse_time(value: Any) -> datetime | None:
     Anything else gives None so the caller can fall back to another field.
     """
     if isinstance(value, str):
+        if len(value) == _CLOUDTRAIL_TIME_LEN and value[-1] == "Z":
+            # CloudTrail's "2026-01-01T00:00:00Z" is already UTC. Each record has its
+            # own second, so the cache below would mostly miss: parse it directly.
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass
         # No timestamp format is longer; the bound also keeps the cache small.
         return _parse_text(value) if len(value) <= _MAX_TIME_TEXT else None
     if isinstance(value, bool):

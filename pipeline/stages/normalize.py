@@ -27,6 +27,7 @@ several Events (Security Hub findings, recorded responses): there each Event's
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -155,7 +156,14 @@ class NormalizeStage:
         return self.normalize(item)
 
     def normalize(self, record: RawRecord) -> list[Event]:
-        """Synchronous core (benchmarks and replay call it directly)."""
+        """Synchronous core (benchmarks call it directly)."""
+        events = self.convert(record)
+        self.count(events)
+        return events
+
+    def convert(self, record: RawRecord) -> list[Event]:
+        """:meth:`normalize` without counting the events made, for a caller that counts a
+        whole batch at once with :meth:`count` (replay: one log file's records)."""
         try:
             events = normalize(record)
         except PermanentError as err:
@@ -172,10 +180,15 @@ class NormalizeStage:
                                  component=COMPONENT) from exc
         if not events:
             self._empty.inc()
-            return events
-        for event in events:
-            self._counted[event.kind].inc()
         return events
+
+    def count(self, events: Sequence[Event]) -> None:
+        """Count ``events`` in ``riposte_events{kind}``: one increment per kind present."""
+        if len(events) == 1:
+            self._counted[events[0].kind].inc()
+            return
+        for kind, n in Counter(event.kind for event in events).items():
+            self._counted[kind].inc(n)
 
 
 def build(config: RiposteConfig, ctx: RuntimeContext) -> NormalizeStage:

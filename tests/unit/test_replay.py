@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline import report
+from pipeline import metrics, report
 from pipeline.cli import main
 from pipeline.config import RiposteConfig, parse_config
 from pipeline.errors import ConfigError
@@ -300,8 +300,11 @@ async def test_one_bad_record_of_a_log_file_does_not_lose_its_neighbours(
     tree = tmp_path / "AWSLogs" / "123456789012" / "CloudTrail" / "us-east-1" / "2019" / "01"
     tree.mkdir(parents=True)
     (tree / "f.json.gz").write_bytes(gzip.compress(orjson.dumps({"Records": records})))
+    counted = metrics.value(metrics.EVENTS, kind="cloudtrail")
     rep = await replay_report([tmp_path])
     assert rep["inputs"]["events"] == 2
+    # A log file's events are counted as one batch: the two made, not the one refused.
+    assert metrics.value(metrics.EVENTS, kind="cloudtrail") - counted == 2
     assert rep["inputs"]["files"] == 1 and rep["inputs"]["messages"] == 1
     (reason,) = rep["inputs"]["errors"]
     assert reason.startswith("normalize:") and rep["inputs"]["errors"][reason] == 1
