@@ -153,26 +153,35 @@ class WriteBackStore:
         return cls(backing, clock, fresh=fresh, max_entries=max_entries, keep=keep)
 
     # --- the map ------------------------------------------------------------------------
-    async def _load(self, key: str) -> _Entry:
+    def _known(self, key: str) -> _Entry | None:
+        """The map's entry for ``key`` without awaiting anything, or None when only the
+        backing store can say (see :meth:`_load`). Callers try this first: nearly every
+        key of a replay is answered here, and a coroutine per call is measurable."""
         entry = self._map.get(key)
         if entry is not None:
             self._map.move_to_end(key)
             return entry
         if self._fresh and key not in self._flushed:
+            return self._add(key, _Entry(None, 0, None, 0))
+        return None
+
+    async def _load(self, key: str) -> _Entry:
+        """``key``'s entry, read from the backing store (after :meth:`_known` said None)."""
+        self.backing_reads += 1
+        stored = await self.backing.get(key)
+        if stored is None:
+            # Absent, or expired there (whose version the contract does not show).
             entry = _Entry(None, 0, None, 0)
         else:
-            self.backing_reads += 1
-            stored = await self.backing.get(key)
-            if stored is None:
-                # Absent, or expired there (whose version the contract does not show).
-                entry = _Entry(None, 0, None, 0)
-            else:
-                entry = _Entry(_blob(stored.value), stored.version,
-                               stored.expires_at, stored.version)
-            # The read let other tasks run: one of them may have loaded the key meanwhile.
-            known = self._map.get(key)
-            if known is not None:
-                return known
+            entry = _Entry(_blob(stored.value), stored.version, stored.expires_at,
+                           stored.version)
+        # The read let other tasks run: one of them may have loaded the key meanwhile.
+        known = self._map.get(key)
+        if known is not None:
+            return known
+        return self._add(key, entry)
+
+    def _add(self, key: str, entry: _Entry) -> _Entry:
         self._map[key] = entry
         if self._index:
             keys = self._index.get(_namespace(key))
@@ -202,43 +211,46 @@ class WriteBackStore:
         assert entry.blob is not None
         return Stored(key, orjson.loads(entry.blob), entry.version, entry.expires_at)
 
-    async def _settle(self) -> None:
-        if len(self._map) > self.max_entries:
-            await self._evict()
+    def _full(self) -> bool:
+        return len(self._map) > self.max_entries
 
     # --- StateStore ---------------------------------------------------------------------
     async def get(self, key: str, *, consistent: bool = True) -> Stored | None:
-        entry = await self._load(key)
-        await self._settle()
+        entry = self._known(key) or await self._load(key)
+        if self._full():
+            await self._evict()
         if not self._live(entry):
             return None
         return self._stored(key, entry)
 
     async def put(self, key: str, value: dict[str, Any], *, ttl: float | None = None) -> Stored:
-        stored = self._write(key, await self._load(key), value, ttl)
-        await self._settle()
+        stored = self._write(key, self._known(key) or await self._load(key), value, ttl)
+        if self._full():
+            await self._evict()
         return stored
 
     async def put_if_absent(self, key: str, value: dict[str, Any], *,
                             ttl: float | None = None) -> Stored | None:
-        entry = await self._load(key)
+        entry = self._known(key) or await self._load(key)
         if self._live(entry):
             return None
         stored = self._write(key, entry, value, ttl)
-        await self._settle()
+        if self._full():
+            await self._evict()
         return stored
 
     async def compare_and_set(self, key: str, expected_version: int, value: dict[str, Any], *,
                               ttl: float | None = None) -> Stored | None:
-        entry = await self._load(key)
+        entry = self._known(key) or await self._load(key)
         if (entry.version if self._live(entry) else 0) != expected_version:
             return None
         stored = self._write(key, entry, value, ttl)
-        await self._settle()
+        if self._full():
+            await self._evict()
         return stored
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
-        entry = await self._load(key)
+        entry = self._known(key) or await self._load(key)
         if not self._live(entry) or (expected_version is not None
                                      and entry.version != expected_version):
             return False
@@ -247,7 +259,8 @@ class WriteBackStore:
         entry.expires_at = None
         entry.reset = entry.base > 0  # the backing store holds a row to delete
         self._mark(key, entry)
-        await self._settle()
+        if self._full():
+            await self._evict()
         return True
 
     async def scan(self, prefix: str, *, limit: int | None = None) -> list[Stored]:
@@ -315,8 +328,9 @@ class WriteBackStore:
     async def put_many(self, entries: Sequence[tuple[str, dict[str, Any]]], *,
                        ttl: float | None = None) -> None:
         for key, value in entries:
-            self._write(key, await self._load(key), value, ttl)
-        await self._settle()
+            self._write(key, self._known(key) or await self._load(key), value, ttl)
+        if self._full():
+            await self._evict()
 
     async def flush(self) -> None:
         """Write every changed entry to the backing store."""
