@@ -89,7 +89,7 @@ def is_sample(event: Event) -> bool:
     if event.sample:
         return True
     service = finding_record(event).get("service")
-    if isinstance(service, Mapping):
+    if is_mapping(service):
         info = service.get("additionalInfo")
         if isinstance(info, Mapping):
             sample = info.get("sample")
@@ -183,6 +183,10 @@ class TrustChecker:
         self._regions = frozenset(config.regions)
         self._sources = frozenset(config.sources)
         self._detail_types = frozenset(config.detail_types)
+        # Only the allowlists that are set (none, by default) are checked per event.
+        self._allowlists = tuple((what, allowed) for what, allowed in (
+            ("account", self._accounts), ("region", self._regions),
+            ("source", self._sources), ("detail_type", self._detail_types)) if allowed)
         self.refetcher = refetcher if config.refetch_guardduty else None
         if config.refetch_guardduty and refetcher is None:
             raise ValueError("refetch_guardduty is set but no GuardDutyRefetcher was given")
@@ -191,13 +195,9 @@ class TrustChecker:
         """Sample flag and allowlists: no I/O."""
         if is_sample(event):
             return Verdict(False, "sample_finding", "GuardDuty sample finding")
-        for what, allowed, value in (
-            ("account", self._accounts, event.account),
-            ("region", self._regions, event.region),
-            ("source", self._sources, event.source),
-            ("detail_type", self._detail_types, event.detail_type),
-        ):
-            if allowed and value not in allowed:
+        for what, allowed in self._allowlists:
+            value = getattr(event, what)
+            if value not in allowed:
                 return Verdict(False, f"{what}_not_allowed",
                                f"{what} {value!r} is not in the trust allowlist")
         return TRUSTED

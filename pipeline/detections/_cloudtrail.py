@@ -106,7 +106,7 @@ def parse_ip(value: str | None) -> IpAddress | None:
 
 def is_service_name(value: str | None) -> bool:
     """``ec2.amazonaws.com`` or ``AWS Internal``: a source that is AWS itself, not an IP."""
-    if not value:
+    if not value or value[-1].isdigit():  # an IP address, as nearly always: neither form
         return False
     return value.strip().lower() == _AWS_INTERNAL or bool(_SERVICE_HOST.match(value.strip()))
 
@@ -177,15 +177,24 @@ _TEXT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# The request and response, kept as published (any non-null value).
+_OBJECT_FIELDS = (("request_parameters", ("requestParameters",)),
+                  ("response_elements", ("responseElements",)))
+
+
 def _completed(attrs: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
-    """``attrs`` with every text field as the normalizer would have written it: from the
-    attributes if set there, else from the raw record; left out if neither has one."""
+    """``attrs`` with every field the normalizer writes as it would have written it: from
+    the attributes if set there, else from the raw record; left out if neither has one."""
     out = dict(attrs)
     for name, path in _TEXT_FIELDS:
         value = _pick(attrs, record, name, path)
         if value is None:
             out.pop(name, None)
         else:
+            out[name] = value
+    for name, path in _OBJECT_FIELDS:
+        value = _lookup(attrs, record, name, path)
+        if value is not None:
             out[name] = value
     return out
 
@@ -242,12 +251,12 @@ class CloudTrailView:
 
     @lazy
     def request_parameters(self) -> Mapping[str, Any]:
-        value = self._attr("request_parameters", "requestParameters")
+        value = self.attrs.get("request_parameters")
         return value if is_mapping(value) else {}
 
     @lazy
     def response_elements(self) -> Mapping[str, Any]:
-        value = self._attr("response_elements", "responseElements")
+        value = self.attrs.get("response_elements")
         return value if is_mapping(value) else {}
 
     @lazy

@@ -19,7 +19,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import RiposteConfig
-from pipeline.detections._cloudtrail import CloudTrailView, lazy, parse_ip
+from pipeline.detections._cloudtrail import (
+    _SERVICE_HOST,
+    CloudTrailView,
+    is_service_name,
+    lazy,
+    parse_ip,
+)
 from pipeline.detections.registry import RULES
 from pipeline.detections.user_agent import UnusualUserAgent
 from pipeline.errors import PermanentError
@@ -105,6 +111,17 @@ def test_parse_ip_examples(value: str) -> None:
     assert parse_ip(value) == _reference_ip(value)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.ip_addresses().map(str), st.text(max_size=30),
+                 st.sampled_from(["ec2.amazonaws.com", " AWS Internal ", "s3.amazonaws.com.cn",
+                                  "cloudtrail.amazonaws.com ", "aws internal2",
+                                  "1.amazonaws.com"])))
+def test_service_names_are_told_from_addresses_as_the_pattern_does(value: str) -> None:
+    expected = bool(value) and (value.strip().lower() == "aws internal"
+                                or bool(_SERVICE_HOST.match(value.strip())))
+    assert is_service_name(value) is expected
+
+
 def _ua_rule() -> UnusualUserAgent:
     ctx = make_ctx()
     rule, = RULES.build(ctx.config.detections.model_copy(
@@ -164,12 +181,15 @@ def test_view_reads_the_raw_record_when_attributes_are_missing() -> None:
 VIEW_FIELDS = ("event_name", "event_source", "source_ip", "user_agent", "access_key_id",
                "principal_arn", "user_type", "user_name", "session_issuer_arn", "invoked_by",
                "error_code", "region", "account_id", "recipient_account_id", "subject",
-               "succeeded", "service_originated", "request_parameters", "from_console")
+               "succeeded", "service_originated", "request_parameters", "response_elements",
+               "from_console")
 # Values a forged or damaged record might hold where CloudTrail writes a string.
 _ODD = st.one_of(st.none(), st.sampled_from(["", " ", "x", "10.0.0.1", "AWS Internal",
-                                             "AssumedRole", "IAMUser"]),
-                 st.integers(-2, 2), st.booleans(), st.just({}), st.just(["a"]))
-_TOP = ("sourceIPAddress", "userAgent", "errorCode", "recipientAccountId", "eventType")
+                                             "AssumedRole", "IAMUser", "ec2.amazonaws.com"]),
+                 st.integers(-2, 2), st.booleans(), st.just({}), st.just(["a"]),
+                 st.just({"ConsoleLogin": "Failure"}))
+_TOP = ("sourceIPAddress", "userAgent", "errorCode", "recipientAccountId", "eventType",
+        "requestParameters", "responseElements")
 _IDENT = ("accessKeyId", "arn", "type", "userName", "invokedBy", "accountId")
 
 
