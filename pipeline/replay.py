@@ -438,8 +438,10 @@ async def _run_replay(config: RiposteConfig, opts: ReplayOptions) -> ReplayResul
             state_path = str(Path(workdir.name) / "state.db")
         # This run is the file's only user, so state is decided in memory and written back
         # in batches; a --state file is complete at the end, a temporary one is not.
-        store = await WriteBackStore.wrap(await SqliteStore.open(state_path, clock=clock),
-                                          clock, keep=opts.state_path is not None)
+        scratch = opts.state_path is None  # deleted at the end: no journal on disk, no syncs
+        store = await WriteBackStore.wrap(
+            await SqliteStore.open(state_path, clock=clock, scratch=scratch), clock,
+            keep=not scratch)
         if opts.state_path is not None:
             await _claim_state_file(store, opts.state_path)
             claimed = True

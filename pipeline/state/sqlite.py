@@ -106,9 +106,10 @@ _SQL_PURGE = "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now
 # Rows written together (put_many, and a single owner's write-back in
 # pipeline/state/writeback.py): each row has its own expiry, and its version grows by
 # the number of writes it stands for (1 for put_many).
+# Bound by position to a write-back row as it comes: (key, value, expires_at, version step).
 _SQL_PUT_ROW = (
-    "INSERT INTO kv (key, value, version, expires_at) VALUES (:key, :value, :n, :exp) "
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + :n, "
+    "INSERT INTO kv (key, value, version, expires_at) VALUES (?1, ?2, ?4, ?3) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + ?4, "
     "expires_at = excluded.expires_at"
 )
 
@@ -264,11 +265,12 @@ class SqliteStore:
     """A :class:`pipeline.state.base.StateStore` over one SQLite file (or ``:memory:``)."""
 
     def __init__(self, path: str, *, clock: Clock = WALL_CLOCK,
-                 busy_timeout: float = 5.0) -> None:
+                 busy_timeout: float = 5.0, scratch: bool = False) -> None:
         """Use :meth:`open`; the constructor only starts the worker thread."""
         self.path = path
         self.clock = clock
         self.busy_timeout = busy_timeout
+        self.scratch = scratch
         self._worker = _Worker(self)
         self._conn: sqlite3.Connection | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -276,13 +278,16 @@ class SqliteStore:
 
     @classmethod
     async def open(cls, path: str | Path, *, clock: Clock = WALL_CLOCK,
-                   busy_timeout: float = 5.0, purge_interval: float | None = None
-                   ) -> SqliteStore:
+                   busy_timeout: float = 5.0, purge_interval: float | None = None,
+                   scratch: bool = False) -> SqliteStore:
         """Open (creating if needed) the store at ``path``; ``":memory:"`` for tests.
 
         With ``purge_interval`` a background task deletes expired rows that often.
+        ``scratch`` is for a file one process uses alone and deletes when done (replay's
+        temporary state): it keeps its rollback journal in memory and never syncs, which
+        makes a write about a third cheaper and leaves nothing usable after a crash.
         """
-        store = cls(str(path), clock=clock, busy_timeout=busy_timeout)
+        store = cls(str(path), clock=clock, busy_timeout=busy_timeout, scratch=scratch)
         try:
             await store._call(store._connect, kind=_Kind.ALONE)
         except BaseException:
@@ -321,15 +326,19 @@ class SqliteStore:
         while True:
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                if self.path != ":memory:":
-                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                    if str(mode).lower() != "wal":
-                        log.warning("sqlite WAL mode unavailable",
-                                    extra={"path": self.path, "journal_mode": mode})
-                # WAL + NORMAL: a commit survives a process crash; only an OS crash may
-                # lose the last transactions, which redelivery of unacknowledged messages
-                # covers.
-                conn.execute("PRAGMA synchronous = NORMAL")
+                if self.scratch:
+                    conn.execute("PRAGMA journal_mode = MEMORY")  # rollback still works
+                    conn.execute("PRAGMA synchronous = OFF")
+                else:
+                    if self.path != ":memory:":
+                        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                        if str(mode).lower() != "wal":
+                            log.warning("sqlite WAL mode unavailable",
+                                        extra={"path": self.path, "journal_mode": mode})
+                    # WAL + NORMAL: a commit survives a process crash; only an OS crash
+                    # may lose the last transactions, which redelivery of unacknowledged
+                    # messages covers.
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 return
@@ -421,7 +430,7 @@ class SqliteStore:
                 found[k] = self._row(k, v, ver, exp)
         return found
 
-    def _put_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+    def _put_rows(self, rows: Sequence[tuple[str, bytes, float | None, int]]) -> None:
         # Always inside a transaction (kind ATOMIC); the savepoint makes the rows all or
         # nothing even when other calls share that transaction.
         db = self._db()
@@ -499,9 +508,7 @@ class SqliteStore:
         version step) per row. Only :class:`pipeline.state.writeback.WriteBackStore` needs
         this; it is not part of the StateStore contract."""
         if rows:
-            await self._call(self._put_rows,
-                             [{"key": k, "value": v, "exp": e, "n": n} for k, v, e, n in rows],
-                             kind=_Kind.ATOMIC)
+            await self._call(self._put_rows, rows, kind=_Kind.ATOMIC)
 
     async def purge_expired(self) -> int:
         """Delete rows whose TTL has passed (reads already ignore them); returns how many."""

@@ -46,10 +46,15 @@ async def _sqlite_file(clock: FakeClock, tmp: Path) -> StateStore:
     return await SqliteStore.open(tmp / "state.db", clock=clock)
 
 
+async def _sqlite_scratch(clock: FakeClock, tmp: Path) -> StateStore:
+    return await SqliteStore.open(tmp / "scratch.db", clock=clock, scratch=True)
+
+
 STORES: dict[str, Factory] = {
     "memory": _memory,
     "sqlite-memory": _sqlite_memory,
     "sqlite-file": _sqlite_file,
+    "sqlite-scratch": _sqlite_scratch,
 }
 DYNAMODB = "dynamodb"
 

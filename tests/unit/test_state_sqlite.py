@@ -219,6 +219,26 @@ async def test_queued_writes_share_one_commit_and_each_stays_atomic(
     assert (await file_store.get("same")) is not None
 
 
+async def test_a_scratch_file_skips_the_journal_on_disk_and_rolls_back_still(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await SqliteStore.open(path, scratch=True)
+    try:
+        db = store._db()
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "memory"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 0
+        await store.put_rows([("a", b'{"n": 1}', None, 1)])
+        # A batch that fails part-way leaves nothing of itself: the savepoint rolls back.
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.put_rows([("b", b'{"n": 2}', None, 1),
+                                  (None, b"{}", None, 1)])  # type: ignore[list-item]
+        assert await store.get("b") is None
+        assert (await store.get("a")) is not None
+    finally:
+        await store.aclose()
+    assert not (tmp_path / "s.db-wal").exists() and not (tmp_path / "s.db-journal").exists()
+
+
 async def test_a_failing_call_does_not_fail_its_batch(file_store: SqliteStore,
                                                      tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "s.db", isolation_level=None) as other:
