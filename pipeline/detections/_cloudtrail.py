@@ -273,7 +273,15 @@ class CloudTrailView:
         return self.recipient_account_id or self.event.account or self.account_id
 
     @lazy
+    def ipv4(self) -> int | None:
+        """The source address as an integer when it is a plain dotted quad (nearly always),
+        else None: matched once here for every rule that looks."""
+        return None if self.source_ip is None else ipv4_int(self.source_ip)
+
+    @lazy
     def ip(self) -> IpAddress | None:
+        if self.ipv4 is not None:
+            return ipaddress.IPv4Address(self.ipv4)
         return parse_ip(self.source_ip)
 
     # --- judgements shared by several rules ----------------------------------------------

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.clock import utc_from_epoch
-from pipeline.detections._cloudtrail import DOTTED_QUAD, CloudTrailView
+from pipeline.detections._cloudtrail import CloudTrailView
 from pipeline.detections.config import DetectionsConfig
 from pipeline.detections.registry import CloudTrailRule, Hit, register
 from pipeline.models import SeverityLabel
@@ -41,7 +41,7 @@ def network_of(view: CloudTrailView) -> str | None:
     if asn not in (None, ""):
         return f"asn:{asn}"
     text = view.source_ip
-    if text is not None and DOTTED_QUAD.fullmatch(text):
+    if text is not None and view.ipv4 is not None:
         # The usual case, as text: a dotted quad without leading zeros is already the
         # canonical form, so its /24 is its first three octets (no address object).
         return f"{text[:text.rindex('.')]}.0/24"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
-from pipeline.detections._cloudtrail import CloudTrailView, ipv4_int
+from pipeline.detections._cloudtrail import CloudTrailView
 from pipeline.detections.config import DetectionsConfig
 from pipeline.detections.registry import CloudTrailRule, Hit, register
 from pipeline.models import SeverityLabel
@@ -63,7 +63,7 @@ class SensitiveApiFromUntrustedNetwork(CloudTrailRule):
         """True/False for an address; None when there is no source address at all."""
         if view.source_ip is None:
             return None
-        n = ipv4_int(view.source_ip)
+        n = view.ipv4
         if n is not None:
             return any(n & mask == net for net, mask in self._v4)
         addr = view.ip

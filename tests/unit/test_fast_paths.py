@@ -184,7 +184,8 @@ VIEW_FIELDS = ("event_name", "event_source", "source_ip", "user_agent", "access_
                "succeeded", "service_originated", "request_parameters", "response_elements",
                "from_console")
 # Values a forged or damaged record might hold where CloudTrail writes a string.
-_ODD = st.one_of(st.none(), st.sampled_from(["", " ", "x", "10.0.0.1", "AWS Internal",
+_ODD = st.one_of(st.none(), st.sampled_from(["", " ", "x", "10.0.0.1", " 10.0.0.2", "::1",
+                                             "01.2.3.4", "AWS Internal",
                                              "AssumedRole", "IAMUser", "ec2.amazonaws.com"]),
                  st.integers(-2, 2), st.booleans(), st.just({}), st.just(["a"]),
                  st.just({"ConsoleLogin": "Failure"}))
@@ -221,6 +222,8 @@ def test_the_view_of_normalized_attributes_is_the_view_of_the_raw_record(
              CloudTrailView(_with_attributes(event, {}))]
     for name in VIEW_FIELDS:
         assert len({repr(getattr(view, name)) for view in views}) == 1, name
+    # The address, whether it was matched as a dotted quad or parsed in general.
+    assert views[0].ip == parse_ip(views[0].source_ip)
 
 
 async def test_replay_puts_the_collector_settings_back(tmp_path: Path) -> None:
