@@ -44,9 +44,20 @@ def defer(waiting: asyncio.Future[Any]) -> bool:
 
 @runtime_checkable
 class Stage(Protocol):
+    """A step of the chain. A stage may also define ``accepts(item) -> bool``: a cheap test
+    that is False only for items its ``process`` returns as they are, without side
+    effects. Replay skips ``process`` for those; the live chain still calls it for every
+    item (its per-stage latency histogram counts them all)."""
+
     name: str
 
     async def process(self, item: Any) -> Sequence[Any]: ...
+
+
+def acceptor(stage: Stage) -> Callable[[Any], bool] | None:
+    """The stage's ``accepts`` test, or None when it takes every item."""
+    accepts: Callable[[Any], bool] | None = getattr(stage, "accepts", None)
+    return accepts
 
 
 class Lanes:

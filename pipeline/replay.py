@@ -35,7 +35,7 @@ from pipeline.actions.blast_radius import BlastRadius
 from pipeline.actions.config import ContainmentConfig
 from pipeline.actions.policy import match_policies
 from pipeline.aws import AwsClients
-from pipeline.chain import Stage
+from pipeline.chain import Stage, acceptor
 from pipeline.clock import Clock, EventTimeClock
 from pipeline.config import RiposteConfig
 from pipeline.context import RuntimeContext
@@ -182,9 +182,13 @@ class SimulatedResponse:
     def __init__(self, inner: Stage, config: ContainmentConfig, store: StateStore,
                  clock: Clock) -> None:
         self.inner = inner
+        self._inner_accepts = acceptor(inner)
         self.config = config
         self.blast_radius = BlastRadius(config.rate_limit, store, clock,
                                         name="replay:containment")
+
+    def accepts(self, item: Any) -> bool:
+        return self._inner_accepts is None or self._inner_accepts(item)
 
     async def process(self, item: Any) -> Sequence[Any]:
         out = await self.inner.process(item)
@@ -276,12 +280,15 @@ class _Replayer:
         self.ctx, self.clock, self.opts, self.result = ctx, clock, opts, result
         self.prefix, laned, self.fanout = build_stages(ctx.config, ctx)
         self.after_decode = [s for s in self.prefix if s.name != "decode"]
-        self.core: list[Stage] = []
+        # The laned stages but the fan-out, each with its ``accepts`` test (see Stage): most
+        # events are calls that only detect looks at, and the rest need not be awaited.
+        self.core: list[tuple[Stage, Callable[[Any], bool] | None]] = []
         for stage in laned:
             if stage is self.fanout:
                 continue
-            self.core.append(SimulatedResponse(stage, ctx.config.containment, ctx.store, clock)
-                             if stage.name == "contain" else stage)
+            used = (SimulatedResponse(stage, ctx.config.containment, ctx.store, clock)
+                    if stage.name == "contain" else stage)
+            self.core.append((used, acceptor(used)))
         self.heap: list[tuple[float, int, Event]] = []
         self.seq = itertools.count()
         self.newest = float("-inf")
@@ -311,8 +318,10 @@ class _Replayer:
     async def _laned(self, ts: float, event: Event) -> None:
         self.clock.advance_to(ts)
         items: Sequence[Any] = (event,)
-        for stage in self.core:
+        for stage, accepts in self.core:
             if len(items) == 1:  # the common case, without the list building
+                if accepts is not None and not accepts(items[0]):
+                    continue  # the stage would hand it back as it is
                 try:
                     items = await stage.process(items[0])
                 except Exception as exc:  # a stage failure must not end a backtest

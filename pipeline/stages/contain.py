@@ -27,8 +27,12 @@ class ContainStage:
     def __init__(self, engine: ContainmentEngine) -> None:
         self.engine = engine
 
+    def accepts(self, item: Any) -> bool:
+        """Incidents; everything else passes."""
+        return isinstance(item, Incident)
+
     async def process(self, item: Any) -> Sequence[Any]:
-        if not isinstance(item, Incident):
+        if not self.accepts(item):
             return [item]
         if item.revision == 1:
             _observe_time_to_detect(item)

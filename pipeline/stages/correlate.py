@@ -357,8 +357,12 @@ class CorrelateStage:
         self._duplicate = metrics.discarded("correlate_duplicate")
         self._stale = metrics.discarded("correlate_stale")
 
+    def accepts(self, item: Any) -> bool:
+        """Findings and detections; everything else passes."""
+        return isinstance(item, Event) and item.kind in HANDLED_KINDS
+
     async def process(self, item: Any) -> Sequence[Any]:
-        if not isinstance(item, Event) or item.kind not in HANDLED_KINDS:
+        if not self.accepts(item):
             return [item]
         incidents = await self.correlate(item)
         return [item, *incidents]

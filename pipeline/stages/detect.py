@@ -145,9 +145,13 @@ class DetectStage:
             out.append(detection)
         return out
 
+    def accepts(self, item: Any) -> bool:
+        """A CloudTrail call (not a detection made from one): everything else passes."""
+        return (isinstance(item, Event) and item.kind is EventKind.CLOUDTRAIL
+                and item.item_kind == "event")
+
     async def process(self, item: Any) -> Sequence[Any]:
-        if (not isinstance(item, Event) or item.kind is not EventKind.CLOUDTRAIL
-                or item.item_kind != "event"):
+        if not self.accepts(item):
             return (item,)
         return (item, *await self.detect(item))
 

@@ -105,8 +105,12 @@ class ScoreStage:
             for label in SeverityLabel for correlated in (True, False)
         }
 
+    def accepts(self, item: Any) -> bool:
+        """Incidents; everything else passes."""
+        return isinstance(item, Incident)
+
     async def process(self, item: Any) -> Sequence[Any]:
-        if not isinstance(item, Incident):
+        if not self.accepts(item):
             return [item]
         scored = self.score_incident(item)
         assert scored.score is not None
