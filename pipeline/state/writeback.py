@@ -116,6 +116,14 @@ class _Bloom:
                     and bits[c >> 3] & (1 << (c & 7)))
 
 
+# Entries the map holds (about 260 bytes each in replay: key, value and bookkeeping, so
+# ~16 MiB at most): the baselines of a thousand principals calling a few dozen APIs from
+# a few networks. Past it, entries are written to the backing store, and using one again
+# costs a read back; with 20,000 that made replaying 200,000 records about a tenth
+# slower, while their baselines were still being learnt (docs/performance.md).
+MAX_ENTRIES = 60_000
+
+
 class WriteBackStore:
     """A :class:`StateStore` for a single owner: the map decides, the backing store keeps.
 
@@ -126,7 +134,7 @@ class WriteBackStore:
     """
 
     def __init__(self, backing: StateStore, clock: Clock, *, fresh: bool,
-                 max_entries: int = 20_000, keep: bool = True) -> None:
+                 max_entries: int = MAX_ENTRIES, keep: bool = True) -> None:
         """Use :meth:`wrap`, which finds out whether ``backing`` is ``fresh`` (empty)."""
         self.backing = backing
         self.clock = clock
@@ -147,7 +155,7 @@ class WriteBackStore:
         self.rows_written = 0
 
     @classmethod
-    async def wrap(cls, backing: StateStore, clock: Clock, *, max_entries: int = 20_000,
+    async def wrap(cls, backing: StateStore, clock: Clock, *, max_entries: int = MAX_ENTRIES,
                    keep: bool = True) -> WriteBackStore:
         fresh = not await backing.scan("", limit=1)
         return cls(backing, clock, fresh=fresh, max_entries=max_entries, keep=keep)
