@@ -42,7 +42,6 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict
 from collections.abc import Sequence
-from itertools import islice
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -116,29 +115,36 @@ class _Bloom:
                     and bits[c >> 3] & (1 << (c & 7)))
 
 
-# Entries the map holds (about 260 bytes each in replay: key, value and bookkeeping, so
-# ~16 MiB at most): the baselines of a thousand principals calling a few dozen APIs from
-# a few networks. Past it, entries are written to the backing store, and using one again
-# costs a read back; with 20,000 that made replaying 200,000 records about a tenth
-# slower, while their baselines were still being learnt (docs/performance.md).
+# What the map holds at most: entries (a baseline entry is ~260 bytes with its key and
+# bookkeeping: 60,000 are the baselines of a thousand principals calling a few dozen APIs
+# from a few networks) and bytes of values (an incident of a hundred findings is ~100 KB,
+# a correlation index entry ~1 KB: the byte budget is what bounds memory when those
+# dominate). Past either, entries are written to the backing store, and using one again
+# costs a read back; with 20,000 entries that made replaying 200,000 records about a
+# tenth slower while their baselines were still being learnt (docs/performance.md).
 MAX_ENTRIES = 60_000
+MAX_BYTES = 24 << 20
 
 
 class WriteBackStore:
     """A :class:`StateStore` for a single owner: the map decides, the backing store keeps.
 
-    ``max_entries`` bounds the map; past it the least recently used quarter is written
-    back (if changed) and dropped. ``keep=False`` means the backing store is thrown
+    ``max_entries`` and ``max_bytes`` (of values) bound the map; past either, the least
+    recently used entries are written back (if changed) and dropped until both are
+    under three quarters of their bound. ``keep=False`` means the backing store is thrown
     away after ``aclose`` (replay's temporary file), so changes not yet written are
     not written then.
     """
 
     def __init__(self, backing: StateStore, clock: Clock, *, fresh: bool,
-                 max_entries: int = MAX_ENTRIES, keep: bool = True) -> None:
+                 max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
+                 keep: bool = True) -> None:
         """Use :meth:`wrap`, which finds out whether ``backing`` is ``fresh`` (empty)."""
         self.backing = backing
         self.clock = clock
         self.max_entries = max(1, max_entries)
+        self.max_bytes = max(1, max_bytes)
+        self._bytes = 0  # of the values the map holds
         self.keep = keep
         self._fresh = fresh
         self._map: OrderedDict[str, _Entry] = OrderedDict()
@@ -156,9 +162,10 @@ class WriteBackStore:
 
     @classmethod
     async def wrap(cls, backing: StateStore, clock: Clock, *, max_entries: int = MAX_ENTRIES,
-                   keep: bool = True) -> WriteBackStore:
+                   max_bytes: int = MAX_BYTES, keep: bool = True) -> WriteBackStore:
         fresh = not await backing.scan("", limit=1)
-        return cls(backing, clock, fresh=fresh, max_entries=max_entries, keep=keep)
+        return cls(backing, clock, fresh=fresh, max_entries=max_entries, max_bytes=max_bytes,
+                   keep=keep)
 
     # --- the map ------------------------------------------------------------------------
     def _known(self, key: str) -> _Entry | None:
@@ -191,6 +198,8 @@ class WriteBackStore:
 
     def _add(self, key: str, entry: _Entry) -> _Entry:
         self._map[key] = entry
+        if entry.blob is not None:
+            self._bytes += len(entry.blob)
         if self._index:
             keys = self._index.get(_namespace(key))
             if keys is not None:
@@ -209,6 +218,7 @@ class WriteBackStore:
     def _write(self, key: str, entry: _Entry, value: dict[str, Any],
                ttl: float | None) -> Stored:
         blob = _blob(value)
+        self._bytes += len(blob) - (len(entry.blob) if entry.blob is not None else 0)
         entry.blob = blob
         entry.version += 1
         entry.expires_at = None if ttl is None else self.clock.now() + ttl
@@ -220,7 +230,7 @@ class WriteBackStore:
         return Stored(key, orjson.loads(entry.blob), entry.version, entry.expires_at)
 
     def _full(self) -> bool:
-        return len(self._map) > self.max_entries
+        return len(self._map) > self.max_entries or self._bytes > self.max_bytes
 
     # --- StateStore ---------------------------------------------------------------------
     async def get(self, key: str, *, consistent: bool = True) -> Stored | None:
@@ -262,6 +272,7 @@ class WriteBackStore:
         if not self._live(entry) or (expected_version is not None
                                      and entry.version != expected_version):
             return False
+        self._bytes -= len(entry.blob) if entry.blob is not None else 0
         entry.blob = None
         entry.version = 0  # as after a delete anywhere: the next write is version 1
         entry.expires_at = None
@@ -349,9 +360,18 @@ class WriteBackStore:
         await self._write_back(pending)
 
     async def _evict(self) -> None:
-        """Drop the least recently used quarter of the map, writing back what changed."""
-        count = len(self._map) - self.max_entries + self.max_entries // 4
-        victims = list(islice(self._map.items(), count))
+        """Drop the least recently used entries, writing back what changed, until the map
+        is under three quarters of both its bounds."""
+        entries, size = len(self._map), self._bytes
+        keep_entries = self.max_entries - self.max_entries // 4
+        keep_bytes = self.max_bytes - self.max_bytes // 4
+        victims: list[tuple[str, _Entry]] = []
+        for key, entry in self._map.items():
+            if entries <= keep_entries and size <= keep_bytes:
+                break
+            victims.append((key, entry))
+            entries -= 1
+            size -= len(entry.blob) if entry.blob is not None else 0
         pending: dict[str, _Entry] = {}
         for key, entry in victims:
             if entry.dirty:
@@ -362,6 +382,7 @@ class WriteBackStore:
             # Unless another task wrote it again while the batch was being written.
             if not entry.dirty and self._map.get(key) is entry:
                 del self._map[key]
+                self._bytes -= len(entry.blob) if entry.blob is not None else 0
                 keys = self._index.get(_namespace(key)) if self._index else None
                 if keys is not None:
                     i = bisect.bisect_left(keys, key)

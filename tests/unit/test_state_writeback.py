@@ -62,15 +62,17 @@ async def _plain_sqlite(clock: FakeClock, tmp: Path) -> StateStore:
 
 BACKINGS: dict[str, Backing] = {"memory": _memory, "sqlite-rows": _sqlite_file,
                                 "sqlite-put-many": _plain_sqlite}
-SIZES = {"roomy": 20_000, "tiny": 1}
+# (entries, bytes of values): room for everything, one entry, a few small values' bytes.
+SIZES = {"roomy": (20_000, 1 << 20), "tiny": (1, 1 << 20), "few-bytes": (20_000, 64)}
 
 
 @pytest.fixture(params=[f"{b}/{s}" for b in sorted(BACKINGS) for s in sorted(SIZES)])
 async def store(request: pytest.FixtureRequest, clock: FakeClock,
                 tmp_path: Path) -> AsyncIterator[StateStore]:
     backing_name, size = request.param.split("/")
+    entries, size_bytes = SIZES[size]
     made = await WriteBackStore.wrap(await BACKINGS[backing_name](clock, tmp_path), clock,
-                                     max_entries=SIZES[size])
+                                     max_entries=entries, max_bytes=size_bytes)
     try:
         yield made
     finally:
@@ -110,6 +112,30 @@ async def test_writes_reach_the_file_on_eviction_and_at_close(tmp_path: Path) ->
         assert got.expires_at == pytest.approx(clock.now() + 60)
     finally:
         await reopened.aclose()
+
+
+async def test_the_byte_budget_bounds_the_map_as_the_entry_count_does(tmp_path: Path) -> None:
+    """Few large values (incidents of a hundred findings) must not hold unbounded memory
+    under a generous entry bound: the values' bytes bound the map too."""
+    clock = FakeClock()
+    path = tmp_path / "state.db"
+    store = await WriteBackStore.wrap(await SqliteStore.open(path, clock=clock), clock,
+                                      max_entries=1000, max_bytes=2000)
+    big = {"members": "x" * 300}
+    for i in range(20):
+        await store.put(f"incident:{i}", big)
+        assert store._bytes <= 2000 + 400
+    assert 0 < len(store._map) < 20  # evicted by bytes, far under the entry bound
+    assert store._bytes == sum(len(e.blob or b"") for e in store._map.values())
+    assert len(_rows(path)) == 20 - len(store._map)
+    await store.put("incident:0", {"members": "y"})  # read back, rewritten, smaller
+    assert (await store.get("incident:0")).value == {"members": "y"}  # type: ignore[union-attr]
+    assert await store.delete("incident:0")
+    assert store._bytes == sum(len(e.blob or b"") for e in store._map.values())
+    for i in range(1, 20):
+        got = await store.get(f"incident:{i}")
+        assert got is not None and got.value == big and got.version == 1
+    await store.aclose()
 
 
 async def test_a_throw_away_store_is_not_written_at_close(tmp_path: Path) -> None:
