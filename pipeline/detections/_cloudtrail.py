@@ -25,7 +25,7 @@ _SERVICE_HOST = re.compile(r"^[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?$", re.I
 _AWS_INTERNAL = "aws internal"
 # What ipaddress accepts as IPv4: four ASCII decimal octets up to 255, no leading zeros.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -81,7 +81,7 @@ def _str_or_none(value: Any) -> str | None:
 def ipv4_int(text: str) -> int | None:
     """A dotted-quad IPv4 address as an integer, without building an address object;
     None for anything else (IPv6, padding, leading zeros: see :func:`parse_ip`)."""
-    if not DOTTED_QUAD.fullmatch(text):
+    if not _DOTTED_QUAD.fullmatch(text):
         return None
     a, b, c, d = text.split(".")
     return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
@@ -145,8 +145,8 @@ def _lookup(attrs: Mapping[str, Any], record: Mapping[str, Any], name: str,
         return value
     node: Any = record
     for part in path:
-        if node.__class__ is not dict and (node is None or not isinstance(node, Mapping)):
-            return None  # is_mapping, inlined: this loop is the view's hottest
+        if not is_mapping(node):
+            return None
         node = node.get(part)
     return node
 
