@@ -86,6 +86,10 @@ class _Entry:
         self.dirty = False
         self.reset = False  # deleted here: delete the backing row before writing it again
 
+    def size(self) -> int:
+        """Bytes of its value (0 when absent): what the map's byte budget counts."""
+        return 0 if self.blob is None else len(self.blob)
+
 
 class _Bloom:
     """Keys that may be in the backing store: fixed size, no false negatives."""
@@ -198,8 +202,7 @@ class WriteBackStore:
 
     def _add(self, key: str, entry: _Entry) -> _Entry:
         self._map[key] = entry
-        if entry.blob is not None:
-            self._bytes += len(entry.blob)
+        self._bytes += entry.size()
         if self._index:
             keys = self._index.get(_namespace(key))
             if keys is not None:
@@ -218,7 +221,7 @@ class WriteBackStore:
     def _write(self, key: str, entry: _Entry, value: dict[str, Any],
                ttl: float | None) -> Stored:
         blob = _blob(value)
-        self._bytes += len(blob) - (len(entry.blob) if entry.blob is not None else 0)
+        self._bytes += len(blob) - entry.size()
         entry.blob = blob
         entry.version += 1
         entry.expires_at = None if ttl is None else self.clock.now() + ttl
@@ -272,7 +275,7 @@ class WriteBackStore:
         if not self._live(entry) or (expected_version is not None
                                      and entry.version != expected_version):
             return False
-        self._bytes -= len(entry.blob) if entry.blob is not None else 0
+        self._bytes -= entry.size()
         entry.blob = None
         entry.version = 0  # as after a delete anywhere: the next write is version 1
         entry.expires_at = None
@@ -371,7 +374,7 @@ class WriteBackStore:
                 break
             victims.append((key, entry))
             entries -= 1
-            size -= len(entry.blob) if entry.blob is not None else 0
+            size -= entry.size()
         pending: dict[str, _Entry] = {}
         for key, entry in victims:
             if entry.dirty:
@@ -382,7 +385,7 @@ class WriteBackStore:
             # Unless another task wrote it again while the batch was being written.
             if not entry.dirty and self._map.get(key) is entry:
                 del self._map[key]
-                self._bytes -= len(entry.blob) if entry.blob is not None else 0
+                self._bytes -= entry.size()
                 keys = self._index.get(_namespace(key)) if self._index else None
                 if keys is not None:
                     i = bisect.bisect_left(keys, key)
